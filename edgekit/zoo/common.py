@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 
@@ -26,11 +29,12 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: type[nn.Module] | None = nn.ReLU6,
         padding: int | None = None,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
     ) -> None:
         padding = (kernel_size - 1) // 2 if padding is None else padding
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(out_channels),
         ]
         if activation is not None:
             layers.append(activation(inplace=True))
@@ -51,3 +55,13 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: view channels as (groups, C/groups), transpose, flatten.
+
+    The reshape/transpose/reshape form lowers to plain Reshape + Transpose in ONNX and TFLite.
+    """
+    n, c, h, w = x.shape
+    x = x.reshape(n, groups, c // groups, h, w).transpose(1, 2)
+    return x.reshape(n, c, h, w)

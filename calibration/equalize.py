@@ -1,0 +1,325 @@
+"""Data-free quantisation helpers: BN folding, cross-layer equalisation, bias correction.
+
+Public API (used by the int8 export when ``options["equalize"]`` / ``options["bias_correct"]``
+are set, and by ``edgekit analyze``); all work in place on a float PyTorch model in eval mode:
+
+    fold_batchnorm(model) -> nn.Module
+        Folds every BatchNorm2d that directly follows a Conv2d into the conv's weight and bias
+        and replaces the BN by nn.Identity. Exact up to float rounding.
+
+    cross_layer_equalize(model, relu6="clip", iterations=100, tol=1e-3) -> dict
+        Nagel et al. 2019, "Data-Free Quantization" (https://arxiv.org/abs/1906.04721), section 4.1.
+        Folds BN first, then for every conv -> (ReLU | ReLU6)? -> conv pair (MobileNetV2: expand 1x1
+        -> depthwise 3x3 -> project 1x1) rescales output channel i of conv1 by 1/s_i and input
+        channel i of conv2 by s_i, s_i = sqrt(r1_i * r2_i) / r2_i (r = per-channel max |w|), so both
+        end up with range sqrt(r1_i * r2_i); sweeps all pairs until the scales stop moving.
+        ReLU is positively homogeneous and stays exact. ReLU6 is not (ReLU6(x / s) != ReLU6(x) / s):
+        relu6="clip" (default) turns it into a per-channel clamp(0, 6 / s_i), which keeps the float
+        function exactly; relu6="relu" replaces it by ReLU as the paper does (the float model changes
+        where activations exceeded 6; measure it). Returns {"pairs", "sweeps", "relu6",
+        "scale_min", "scale_max", "spread_before", "spread_after"} (spreads: median over conv1
+        layers of the max/min ratio of per-channel ranges).
+
+    bias_correct(model, calib_batches, weight_bits=8, per_channel=True) -> dict
+        Empirical bias correction (Nagel et al. 2019, section 4.2): for each conv/linear layer,
+        E[W_q x] - E[W x] per output channel over the calibration tensors (x = the float model's
+        input to that layer, W_q = W on the symmetric weight grid the int8 quantiser will use), is
+        subtracted from the bias, so the deployed layer's expected output matches the float one.
+        Returns {"layers", "max_abs_shift", "mean_abs_shift"}.
+
+The graph walk uses torch.fx; a model fx cannot trace falls back to nn.Sequential neighbours
+(BN folding) and gets no equalisation pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from calibration.fakequant import quant_layers, quantize_weight
+
+_SKIP = (nn.Identity, nn.Dropout)  # modules a pair may pass through unchanged (folded BN, dropout)
+
+
+class ChannelClamp(nn.Module):
+    """clamp(x, 0, upper_c) per channel: ReLU6 after its input channels were divided by s_c."""
+
+    def __init__(self, upper: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("upper", upper.detach().reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.relu(x), self.upper)
+
+
+# --- graph helpers ------------------------------------------------------------------------------
+
+
+def _trace(model: nn.Module) -> Any | None:
+    import torch.fx
+
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception:  # dynamic control flow: callers fall back or skip, never fail the export
+        return None
+
+
+def _module_of(model: nn.Module, node: Any) -> nn.Module | None:
+    return model.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _replace(model: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, child = qualname.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _only_user(node: Any) -> Any | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _call_counts(graph: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+# --- BN folding ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * factor + bn.bias)
+
+
+def _bn_pairs_fx(model: nn.Module, graph: Any) -> list[tuple[str, str]]:
+    counts = _call_counts(graph)
+    pairs = []
+    for node in graph.nodes:
+        if not isinstance(_module_of(model, node), nn.Conv2d):
+            continue
+        user = _only_user(node)
+        bn = _module_of(model, user) if user is not None else None
+        if isinstance(bn, nn.BatchNorm2d) and counts[user.target] == 1:
+            pairs.append((node.target, user.target))
+    return pairs
+
+
+def _bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (a_name, a), (b_name, b) in itertools.pairwise(children):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                prefix = f"{name}." if name else ""
+                pairs.append((prefix + a_name, prefix + b_name))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm2d into the Conv2d feeding it (and only it); BN becomes nn.Identity."""
+    graph = _trace(model)
+    pairs = _bn_pairs_fx(model, graph) if graph is not None else _bn_pairs_sequential(model)
+    for conv_name, bn_name in pairs:
+        bn = model.get_submodule(bn_name)
+        if bn.training or bn.running_var is None:
+            continue  # a BN that normalises with batch statistics is not a constant affine map
+        _fold_into(model.get_submodule(conv_name), bn)
+        _replace(model, bn_name, nn.Identity())
+    return model
+
+
+# --- cross-layer equalisation -------------------------------------------------------------------
+
+
+@dataclass
+class _Pair:
+    conv1: str
+    conv2: str
+    act: str | None  # qualified name of the ReLU/ReLU6 module between them, None if linear
+    relu6: bool
+    scale: torch.Tensor  # cumulative s per channel, for the ReLU6 clamp
+
+
+def _next_real(model: nn.Module, node: Any) -> Any | None:
+    user = _only_user(node)
+    while user is not None and isinstance(_module_of(model, user), _SKIP):
+        user = _only_user(user)
+    return user
+
+
+def _is_relu6(module: nn.Module | None) -> bool:
+    return isinstance(module, nn.ReLU6) or (
+        isinstance(module, nn.Hardtanh) and module.min_val == 0.0 and module.max_val == 6.0
+    )
+
+
+def _find_pairs(model: nn.Module, graph: Any) -> list[_Pair]:
+    counts = _call_counts(graph)
+    pairs = []
+    for node in graph.nodes:
+        conv1 = _module_of(model, node)
+        if not isinstance(conv1, nn.Conv2d) or counts[node.target] != 1:
+            continue
+        nxt = _next_real(model, node)
+        act_mod = _module_of(model, nxt) if nxt is not None else None
+        act = None
+        if isinstance(act_mod, nn.ReLU) or _is_relu6(act_mod):
+            if counts[nxt.target] != 1:
+                continue
+            act, nxt = nxt.target, _next_real(model, nxt)
+        conv2 = _module_of(model, nxt) if nxt is not None else None
+        if (
+            isinstance(conv2, nn.Conv2d)
+            and counts[nxt.target] == 1
+            and conv2.in_channels == conv1.out_channels
+            and conv1.out_channels > 1
+        ):
+            ones = torch.ones(conv1.out_channels)
+            pairs.append(_Pair(node.target, nxt.target, act, _is_relu6(act_mod), ones))
+    return pairs
+
+
+def output_ranges(weight: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel max |w| (axis 0)."""
+    return weight.detach().abs().reshape(weight.shape[0], -1).amax(dim=1)
+
+
+def input_ranges(conv: nn.Conv2d) -> torch.Tensor:
+    """Per-input-channel max |w| of a (possibly grouped) conv: the range conv2 contributes."""
+    g = conv.groups
+    per = conv.weight.detach().abs().amax(dim=(2, 3))  # [out, in/g]
+    return per.reshape(g, conv.out_channels // g, -1).amax(dim=1).reshape(-1)
+
+
+@torch.no_grad()
+def _scale_input_channels(conv: nn.Conv2d, s: torch.Tensor) -> None:
+    g = conv.groups
+    cin_g = conv.in_channels // g
+    factor = s.reshape(g, 1, cin_g).expand(g, conv.out_channels // g, cin_g).reshape(conv.out_channels, cin_g)
+    conv.weight.mul_(factor[:, :, None, None])
+
+
+@torch.no_grad()
+def _equalize_pair(model: nn.Module, pair: _Pair) -> float:
+    conv1, conv2 = model.get_submodule(pair.conv1), model.get_submodule(pair.conv2)
+    r1, r2 = output_ranges(conv1.weight), input_ranges(conv2)
+    valid = (r1 > 0) & (r2 > 0)
+    s = torch.where(valid, torch.sqrt(r1 * r2) / torch.where(valid, r2, 1.0), torch.ones_like(r1))
+    conv1.weight.div_(s.reshape(-1, 1, 1, 1))
+    if conv1.bias is not None:
+        conv1.bias.div_(s)
+    _scale_input_channels(conv2, s)
+    pair.scale *= s
+    return float(s.log().abs().max())
+
+
+def _median_spread(model: nn.Module, names: Iterable[str]) -> float | None:
+    spreads = []
+    for name in names:
+        r = output_ranges(model.get_submodule(name).weight)
+        if float(r.min()) > 0:
+            spreads.append(float(r.max() / r.min()))
+    return float(np.median(spreads)) if spreads else None
+
+
+def _fix_activations(model: nn.Module, pairs: list[_Pair], relu6: str) -> None:
+    for pair in pairs:
+        if pair.act is None or not pair.relu6:
+            continue
+        if relu6 == "relu":
+            _replace(model, pair.act, nn.ReLU(inplace=True))
+        else:
+            _replace(model, pair.act, ChannelClamp(6.0 / pair.scale))
+
+
+def cross_layer_equalize(
+    model: nn.Module, relu6: str = "clip", iterations: int = 100, tol: float = 1e-3
+) -> dict[str, Any]:
+    """Fold BN, then equalise the per-channel weight ranges of conv -> act -> conv pairs in place."""
+    if relu6 not in ("clip", "relu"):
+        raise ValueError(f"relu6 must be 'clip' or 'relu', not {relu6!r}")
+    fold_batchnorm(model)
+    graph = _trace(model)
+    pairs = _find_pairs(model, graph) if graph is not None else []
+    conv1s = [p.conv1 for p in pairs]
+    before = _median_spread(model, conv1s)
+    sweeps = 0
+    for sweeps in range(1, iterations + 1):  # noqa: B007 - the count is reported
+        change = max((_equalize_pair(model, p) for p in pairs), default=0.0)
+        if change < tol:
+            break
+    _fix_activations(model, pairs, relu6)
+    scales = torch.cat([p.scale for p in pairs]) if pairs else torch.ones(1)
+    return {
+        "pairs": len(pairs),
+        "sweeps": sweeps,
+        "relu6": relu6,
+        "scale_min": float(scales.min()),
+        "scale_max": float(scales.max()),
+        "spread_before": before,
+        "spread_after": _median_spread(model, conv1s),
+    }
+
+
+# --- bias correction ----------------------------------------------------------------------------
+
+
+def _weight_error_output(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(W_q - W) applied to the layer's input, per output channel, summed over all but channels."""
+    if isinstance(module, nn.Linear):
+        y = nn.functional.linear(x, delta)
+        return y.reshape(-1, y.shape[-1]).sum(dim=0), y.numel() // y.shape[-1]
+    y = nn.functional.conv2d(x, delta, None, module.stride, module.padding, module.dilation, module.groups)
+    return y.sum(dim=(0, 2, 3)), y.numel() // y.shape[1]
+
+
+@torch.no_grad()
+def bias_correct(
+    model: nn.Module, calib_batches: Iterable[Any], weight_bits: int = 8, per_channel: bool = True
+) -> dict[str, Any]:
+    """Subtract the expected output error of quantised weights, E[(W_q - W) x], from each bias."""
+    layers = [m for _, m in quant_layers(model) if getattr(m, "padding_mode", "zeros") == "zeros"]
+    deltas = {id(m): quantize_weight(m.weight, weight_bits, per_channel) - m.weight.detach() for m in layers}
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        total, n = _weight_error_output(module, inputs[0], deltas[id(module)])
+        sums[id(module)] = sums.get(id(module), 0) + total.double()
+        counts[id(module)] = counts.get(id(module), 0) + n
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        for batch in calib_batches:
+            model(torch.as_tensor(np.asarray(batch, dtype=np.float32)))
+    finally:
+        for h in handles:
+            h.remove()
+    shifts = []
+    for m in layers:
+        if id(m) not in sums:
+            continue
+        err = (sums[id(m)] / counts[id(m)]).to(m.weight.dtype)
+        bias = m.bias if m.bias is not None else torch.zeros(err.shape[0], dtype=m.weight.dtype)
+        m.bias = nn.Parameter(bias - err)
+        shifts.append(err.abs())
+    allshift = torch.cat(shifts) if shifts else torch.zeros(1)
+    return {
+        "layers": len(shifts),
+        "max_abs_shift": float(allshift.max()),
+        "mean_abs_shift": float(allshift.mean()),
+    }

@@ -1,0 +1,136 @@
+"""ONNX int8: ONNX Runtime's static QDQ quantiser fed with our own activation ranges.
+
+ORT's calibrators are used for nothing but the hand-over format: the ranges come from
+:mod:`calibration.ranges` (ORT's Entropy with default bins returns exactly the MinMax ranges, and
+it has no MSE search), written as an ORT calibration cache and read back by ``quantize_static``.
+Weights are int8 symmetric (per channel by default), activations uint8 asymmetric (or int8
+symmetric), in QDQ form, which ORT fuses into QLinearConv/QLinearMatMul at session creation.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.ranges import DEFAULT_METHOD, onnx_activation_ranges
+from edgekit.errors import ExportError
+
+
+def preprocess_model(src: Path, dst: Path) -> Path:
+    """ORT's recommended pre-processing: shape inference and graph cleanup before quantisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    except Exception as exc:  # its symbolic shape inference fails on some graphs; ONNX's is enough
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception:
+            raise ExportError(f"ONNX Runtime could not pre-process {src.name} for quantisation: {exc}",
+                              "re-export the float model; report the failing op") from exc
+    return dst
+
+
+def _tensor_probe(model_path: Path, threads: int = 1) -> tuple[Any, str, list[str], bool]:
+    """A session that returns every float tensor of the graph (the tensors ORT may quantise)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {vi.name for vi in [*inferred.graph.value_info, *inferred.graph.output]
+              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    existing = {o.name for o in model.graph.output}
+    names = []
+    for node in model.graph.node:
+        for out in node.output:
+            if out in floats and out not in names:
+                names.append(out)
+                if out not in existing:
+                    model.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    static_batch = isinstance(inp.shape[0], int)
+    return session, inp.name, names, static_batch
+
+
+def activation_ranges(model_path: Path, tensors: np.ndarray, method: str = DEFAULT_METHOD,
+                      symmetric: bool = False, batch: int = 16) -> dict[str, tuple[float, float]]:
+    """Per-tensor [lo, hi] of the graph input and every float node output over ``tensors`` (NCHW)."""
+    session, input_name, names, static_batch = _tensor_probe(model_path)
+    step = 1 if static_batch else batch
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = session.run(names, {input_name: x})
+        return {input_name: x, **dict(zip(names, outs, strict=True))}
+
+    batches = [tensors[i:i + step] for i in range(0, len(tensors), step)]
+    return onnx_activation_ranges(run, batches, method, symmetric)
+
+
+def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) -> Path:
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    data = {name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+            for name, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+    return path
+
+
+def quantize_onnx(src: Path, dst: Path, tensors: np.ndarray, *, method: str = DEFAULT_METHOD,
+                  per_channel: bool = True, symmetric_activations: bool = False) -> dict[str, Any]:
+    """Write a QDQ int8 copy of ``src`` at ``dst``; returns the activation ranges used."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp:
+        pre = preprocess_model(src, Path(tmp) / "pre.onnx")
+        ranges = activation_ranges(pre, tensors, method, symmetric_activations)
+        cache = write_calibration_cache(ranges, Path(tmp) / "ranges.json")
+        try:
+            quantize_static(
+                str(pre), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+                calibration_cache_path=str(cache),
+            )
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime int8 quantisation of {src.name} failed: {exc}",
+                              "try --per-tensor or report the failing op") from exc
+    return {"activation_ranges": ranges}
+
+
+def fused_ops(path: Path) -> dict[str, int]:
+    """Op histogram of the graph ORT actually runs (after its QDQ fusions)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-opt-") as tmp:
+        optimised = Path(tmp) / "optimised.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimised)
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimised)).graph
+    return dict(collections.Counter(node.op_type for node in graph.node).most_common())
+
+
+def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Input/output entries for the manifest: the QDQ file keeps float I/O (the Q/DQ are inside)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+
+    def describe(vi: Any) -> dict[str, Any]:
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+        return {"name": vi.name, "shape": dims, "dtype": "float32", "scale": None, "zero_point": None}
+
+    return describe(graph.input[0]), describe(graph.output[0])

@@ -1,0 +1,212 @@
+"""Where calibration and evaluation images come from: a folder, a .npy array, or built-in photos.
+
+Every source ends as one NCHW float32 batch preprocessed by the model's :class:`PreprocessSpec`,
+so the ONNX and the TFLite quantiser see exactly the same tensors.
+
+The built-in source needs no user data and no network: the real photographs that scikit-image
+ships as files, cut into seeded random crops (scale, aspect, position, flip) — varied views help
+the range estimators more than 18 centre crops would. ``random`` (Gaussian noise) exists only as
+an explicit choice for smoke tests: it says nothing about real activation ranges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.preprocess import PreprocessSpec, load_image, preprocess_pil
+from edgekit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+DEFAULT_SAMPLES = 256
+
+# Photographs (and photo-like scans) shipped as files inside scikit-image; grey ones are converted
+# to RGB by the preprocessing. Only files present on disk are used: nothing is ever downloaded.
+BUILTIN_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png",
+    "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "cell.png", "page.png",
+    "clock_motion.png", "color.png",
+)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The tensors (NCHW float32) and where they came from, for the manifest."""
+
+    tensors: np.ndarray
+    source: str
+    detail: dict[str, Any]
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (any depth), sorted so that sampling is reproducible."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder", "pass an image folder, a .npy file, 'builtin' or 'random'")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images in {folder}",
+                        f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) or use --calib builtin")
+    return files
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet synsets in class-index order (sorted wnids)."""
+    text = (Path(__file__).resolve().parents[1] / "edgekit" / "data" / "imagenet_classes.txt").read_text()
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def labelled_images(folder: str | Path, index_file: str | Path | None = None) -> list[tuple[Path, int | None]]:
+    """Images of ``folder`` with their class index when known.
+
+    Labels come from an ``index_file`` (lines ``relative/path.jpg <class index>``) or from an
+    ImageFolder layout whose parent folder is an ImageNet synset (``n01440764/...``).
+    """
+    files = find_images(folder)
+    if index_file is not None:
+        table = _read_index(Path(index_file))
+        return [(p, table.get(p.relative_to(folder).as_posix())) for p in files]
+    synsets = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
+    return [(p, synsets.get(p.parent.name)) for p in files]
+
+
+def _read_index(path: Path) -> dict[str, int]:
+    table = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        try:
+            name, label = line.rsplit(maxsplit=1)
+            table[name.strip()] = int(label)
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: expected 'relative/path.jpg <class index>'", "fix the index file") from exc
+    return table
+
+
+def load_images(paths: Sequence[Path], spec: PreprocessSpec, skip_bad_images: bool = False) -> tuple[np.ndarray, list[Path]]:
+    """Preprocess ``paths`` into one NCHW batch; unreadable files fail, or warn and skip."""
+    arrays, kept = [], []
+    for path in paths:
+        try:
+            arrays.append(load_image(path, spec))
+            kept.append(path)
+        except DataError as exc:
+            if not skip_bad_images:
+                raise
+            log.warning("skipping %s", exc.message)
+    if not arrays:
+        raise DataError("no readable images among the given files", "check the folder's images")
+    return np.stack(arrays).astype(np.float32), kept
+
+
+def builtin_photos() -> list[tuple[str, Any]]:
+    """The scikit-image photographs present on disk, as (name, RGB PIL image)."""
+    import skimage
+    from PIL import Image
+
+    folder = Path(skimage.__file__).resolve().parent / "data"
+    photos = []
+    for name in BUILTIN_PHOTOS:
+        path = folder / name
+        if path.is_file():
+            with Image.open(path) as img:
+                photos.append((name, img.convert("RGB")))
+    if not photos:
+        raise DataError(f"no built-in photographs found in {folder}",
+                        "reinstall scikit-image, or pass --calib with an image folder")
+    return photos
+
+
+def random_crop(img: Any, spec: PreprocessSpec, rng: np.random.Generator,
+                scale: tuple[float, float] = (0.1, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """A RandomResizedCrop-style view (area fraction, aspect, position, flip) -> CHW normalised."""
+    from PIL import Image
+
+    w, h = img.size
+    area = w * h * rng.uniform(*scale)
+    aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+    cw = int(min(w, round(np.sqrt(area * aspect))))
+    ch = int(min(h, round(np.sqrt(area / aspect))))
+    left = int(rng.integers(0, w - cw + 1))
+    top = int(rng.integers(0, h - ch + 1))
+    crop = img.crop((left, top, left + cw, top + ch))
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    # Resize to exactly resize x resize so that preprocess_pil's centre crop keeps the 87.5% view
+    # a validation image gets: the crop statistics then match the model's evaluation input.
+    crop = crop.resize((spec.resize, spec.resize), Image.BILINEAR)
+    return preprocess_pil(crop, spec)
+
+
+def builtin_tensors(spec: PreprocessSpec, samples: int, seed: int) -> np.ndarray:
+    """``samples`` seeded crops of the built-in photographs, cycling over the photos."""
+    rng = np.random.default_rng(seed)
+    photos = builtin_photos()
+    return np.stack([random_crop(photos[i % len(photos)][1], spec, rng) for i in range(samples)])
+
+
+def random_tensors(spec: PreprocessSpec, samples: int, seed: int) -> np.ndarray:
+    """Standard-normal tensors in the normalised input space (smoke tests only)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((samples, 3, spec.resolution, spec.resolution)).astype(np.float32)
+
+
+def npy_tensors(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """(N,3,H,W) float32 already preprocessed, or (N,H,W,3) uint8 images preprocessed here."""
+    from PIL import Image
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", "save it with numpy.save (no pickled objects)") from exc
+    if array.ndim == 4 and array.shape[1] == 3 and array.dtype == np.float32:
+        if array.shape[2:] != (spec.resolution, spec.resolution):
+            raise DataError(f"{path} holds {array.shape[2]}x{array.shape[3]} tensors, the model takes "
+                            f"{spec.resolution}x{spec.resolution}",
+                            "store (N,H,W,3) uint8 images instead; they are resized here")
+        return np.ascontiguousarray(array)
+    if array.ndim == 4 and array.shape[3] == 3 and array.dtype == np.uint8:
+        return np.stack([preprocess_pil(Image.fromarray(a), spec) for a in array])
+    raise DataError(f"{path} has shape {array.shape} and dtype {array.dtype}",
+                    "use (N,3,H,W) float32 preprocessed tensors or (N,H,W,3) uint8 images")
+
+
+def calibration_set(source: str | Path | None, spec: PreprocessSpec, samples: int | None = None,
+                    seed: int = 0, skip_bad_images: bool = False) -> CalibrationSet:
+    """Resolve ``--calib`` (None/'builtin', 'random', a folder or a .npy file) into tensors."""
+    source = "builtin" if source in (None, "") else source
+    wanted = samples or DEFAULT_SAMPLES
+    if source == "builtin":
+        tensors = builtin_tensors(spec, wanted, seed)
+        detail = {"photos": [name for name, _ in builtin_photos()], "crops": "random resized crop + flip"}
+        return CalibrationSet(tensors, "builtin", detail)
+    if source == "random":
+        return CalibrationSet(random_tensors(spec, wanted, seed), "random", {"distribution": "N(0,1)"})
+    path = Path(source)
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise DataError(f"{path} does not exist", "pass an existing .npy file")
+        tensors = _take(npy_tensors(path, spec), samples, seed, str(path))
+        return CalibrationSet(tensors, str(path), {"kind": "npy"})
+    files = _take(find_images(path), samples, seed, str(path))
+    tensors, kept = load_images(files, spec, skip_bad_images)
+    return CalibrationSet(tensors, str(path), {"kind": "folder", "images": len(kept), "skipped": len(files) - len(kept)})
+
+
+def _take(items: Any, samples: int | None, seed: int, where: str) -> Any:
+    """A seeded subset of ``samples`` items; all of them when ``samples`` is None."""
+    if samples is None:
+        return items
+    if samples > len(items):
+        raise DataError(f"{where} has {len(items)} calibration samples, {samples} were asked for",
+                        f"add images or pass --calib-samples {len(items)}")
+    index = np.sort(np.random.default_rng(seed).choice(len(items), samples, replace=False))
+    return items[index] if isinstance(items, np.ndarray) else [items[i] for i in index]

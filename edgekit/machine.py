@@ -1,0 +1,131 @@
+"""The machine a benchmark ran on, and its measured compute peak.
+
+Facts come from /proc/cpuinfo, ``platform`` and package metadata (nothing heavy is imported).
+The peak is timed, not looked up: a large float32 MatMul and a uint8 x int8 MatMulInteger in
+ONNX Runtime at the benchmark's thread count, so "efficiency" compares a model with the best
+this host's best-tuned GEMM kernels reach in the same conditions.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+# ISA features that decide which kernels run: x86 vector/int8-dot extensions, Arm NEON/dotprod/i8mm.
+FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+            "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
+PACKAGES = ("numpy", "onnx", "onnxruntime", "ai-edge-litert", "torch", "litert-torch")
+PEAK_SIZE = 2048  # M = N = K: 8.6 GMAC, large enough for the GEMM kernels to reach steady state
+PEAK_REPEATS = 5
+
+
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor block's fields (``model name``, ``flags``/``Features``, ...)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    if fields.get("flags") or fields.get("Features"):
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_features(info: dict[str, str] | None = None) -> list[str]:
+    info = cpuinfo() if info is None else info
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in FEATURES if f in flags]
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+@functools.cache
+def facts() -> dict[str, Any]:
+    """CPU model, cores, ISA features, OS and library versions (cached for the process)."""
+    info = cpuinfo()
+    cpu = info.get("model name") or info.get("Hardware") or info.get("Model") or platform.processor()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu or "unknown",
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "features": cpu_features(info),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions(),
+    }
+
+
+def _matmul_model(kind: str, n: int) -> bytes:
+    """A one-node ONNX graph: float32 MatMul or uint8 x int8 MatMulInteger, weights as initializer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        weight = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    graph = helper.make_graph([node], f"peak_{kind}", [helper.make_tensor_value_info("a", a_type, [n, n])],
+                              [helper.make_tensor_value_info("y", y_type, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@functools.cache
+def peak_gmacs(kind: str = "fp32", threads: int = 1, n: int = PEAK_SIZE) -> float:
+    """Best-of-``PEAK_REPEATS`` GMAC/s of an n^3 GEMM in ONNX Runtime (``kind``: fp32 or int8).
+
+    Best, not median: the peak is what the core can do, and a shared host only ever slows it.
+    """
+    import onnxruntime as ort
+
+    if kind not in ("fp32", "int8"):
+        raise ValueError(f"kind must be fp32 or int8, got {kind!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(_matmul_model(kind, n), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32) if kind == "fp32" else rng.integers(0, 256, (n, n), np.uint8)
+    sess.run(None, {"a": a})  # warm-up: packing, thread-pool start
+    best = float("inf")
+    for _ in range(PEAK_REPEATS):
+        start = time.perf_counter()
+        sess.run(None, {"a": a})
+        best = min(best, time.perf_counter() - start)
+    return n**3 / best / 1e9
+
+
+def peak_note(kind: str, threads: int) -> str:
+    op = "MatMul float32" if kind == "fp32" else "MatMulInteger uint8 x int8"
+    return (f"peak: ONNX Runtime {op} {PEAK_SIZE}^3, {threads} thread(s), best of {PEAK_REPEATS}, "
+            "timed in the same process as the benchmark")

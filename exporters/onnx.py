@@ -1,0 +1,128 @@
+"""PyTorch -> ONNX: torch.onnx's dynamo exporter, onnxslim, then the strict checker.
+
+One self-contained file (weights inside, no external data), input ``input`` (NCHW), output
+``logits``. The batch dimension is static (1) unless ``dynamic_batch``; if the dynamo exporter
+fails for a network we fall back to the TorchScript exporter and say so in ``info["exporter"]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from exporters import captured_output, conversion_error
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FALLBACK_OPSET = 18
+
+
+def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bool = False) -> dict[str, Any]:
+    """Export, simplify, check and save ``module`` to ``out_path``; returns manifest info."""
+    import onnx
+
+    with captured_output() as log:
+        proto, route, error = _convert(module, example_input, dynamic_batch)
+    if proto is None:
+        raise conversion_error("onnx", error, log[0]) from error
+    proto = _simplify_and_check(proto)
+    onnx.save(proto, out_path, save_as_external_data=False)
+    info = {
+        "exporter": route,
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "ops": op_histogram(proto),
+    }
+    if error is not None:
+        info["fallback_reason"] = str(error).strip().splitlines()[0][:300]
+    return info
+
+
+def _convert(module: Any, example_input: Any, dynamic_batch: bool) -> tuple[Any, str, Exception | None]:
+    """(proto, route, the dynamo exporter's error if it failed); proto is None if both failed."""
+    try:
+        return _to_onnx(module, example_input, dynamic_batch), "dynamo", None
+    except Exception as exc:  # dynamo cannot trace every model; the TorchScript exporter may
+        dynamo_error = exc
+    try:
+        return _to_onnx_torchscript(module, example_input, dynamic_batch), "torchscript", dynamo_error
+    except Exception:
+        return None, "", dynamo_error  # dynamo's message names the op more precisely
+
+
+def _to_onnx(module: Any, example_input: Any, dynamic_batch: bool) -> Any:
+    import torch
+
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    program = torch.onnx.export(
+        module,
+        (example_input,),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _to_onnx_torchscript(module: Any, example_input: Any, dynamic_batch: bool) -> Any:
+    import io
+
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        module,
+        (example_input,),
+        buffer,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamo=False,
+        opset_version=FALLBACK_OPSET,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _simplify_and_check(proto: Any) -> Any:
+    """onnxslim folds constants and fuses; the checker and strict shape inference must pass."""
+    import onnx
+    import onnxslim
+
+    from edgekit.errors import ExportError
+
+    with captured_output():
+        slim = onnxslim.slim(proto)
+    try:
+        onnx.checker.check_model(slim, full_check=True)
+        return onnx.shape_inference.infer_shapes(slim, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ExportError(f"onnx: the exported graph fails onnx's checker: {first}",
+                          "report it with `edgekit export --debug` output; try --formats tflite meanwhile") from exc
+
+
+def op_histogram(proto: Any) -> dict[str, int]:
+    """op_type -> count over the main graph, most frequent first."""
+    return dict(Counter(node.op_type for node in proto.graph.node).most_common())
+
+
+def io_details(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Names, shapes (symbolic dims as names) and dtypes of the graph's inputs and outputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(value: Any) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        return {"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+    initializers = {init.name for init in graph.initializer}
+    return {
+        "inputs": [describe(v) for v in graph.input if v.name not in initializers],
+        "outputs": [describe(v) for v in graph.output],
+    }

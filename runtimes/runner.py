@@ -1,0 +1,322 @@
+"""Run one model file, time it, print ONE JSON object on stdout. Executed unchanged on every target.
+
+Standalone on purpose: stdlib + numpy + the engine (onnxruntime, or ai_edge_litert with
+tflite_runtime as fallback), nothing of the project, Python >= 3.8, so it can be copied to a
+Raspberry Pi, an Android shell or a qemu rootfs and run as is::
+
+    python3 runner.py --model m.tflite --engine litert --threads 4 --warmup 5 --runs 50 \
+        [--input in.npy] [--output out.npy] [--no-xnnpack] [--seed 0]
+    python3 runner.py --probe        # machine + which engines import
+
+Input is a float array in the file's own layout; int8/uint8 inputs are quantised with the file's
+own scale/zero-point and int8 outputs dequantised, so callers always see float. A batch larger
+than the model's fixed batch runs sample by sample. Failures print {"ok": false, "error", "hint"}
+and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ENGINES = ("onnxruntime", "litert")
+EXIT_FAILED = 2
+EXIT_NO_ENGINE = 3
+
+# The runner needs nothing beside it, and its home folder in the project (runtimes/, which holds
+# engine wrappers named onnxruntime.py and litert.py) must not shadow the real engine packages.
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
+
+
+class RunnerError(Exception):
+    def __init__(self, error, hint, code=EXIT_FAILED):
+        super().__init__(error)
+        self.error, self.hint, self.code = error, hint, code
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+
+def _cpuinfo():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return {}
+    info = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in info:
+            info[key.strip()] = value.strip()
+    return info
+
+
+# ARM "CPU part" ids of the cores one meets on boards and phones.
+_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+              "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510",
+              "0xd47": "Cortex-A710", "0xd4d": "Cortex-A715"}
+
+
+def _os_name():
+    try:
+        with open("/etc/os-release", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def machine():
+    info = _cpuinfo()
+    cpu = info.get("model name") or info.get("Model") or ""
+    part = _ARM_PARTS.get(info.get("CPU part", "").lower())
+    if part:
+        cpu = f"{cpu} ({part})" if cpu else part
+    return {
+        "arch": platform.machine(),
+        "cpu": cpu or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "features": (info.get("flags") or info.get("Features") or "").split(),
+        "python": platform.python_version(),
+        "os": _os_name(),
+    }
+
+
+# --- the engines ------------------------------------------------------------------------------
+
+
+def _engine_versions():
+    versions = {}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        versions["onnxruntime"] = None
+    try:
+        import ai_edge_litert
+
+        versions["litert"] = "ai-edge-litert " + getattr(ai_edge_litert, "__version__", "?")
+    except ImportError:
+        try:
+            import tflite_runtime
+
+            versions["litert"] = "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+        except ImportError:
+            versions["litert"] = None
+    return versions
+
+
+class OrtModel:
+    def __init__(self, path, threads, no_xnnpack):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RunnerError("onnxruntime is not installed on the target",
+                              "pip install onnxruntime", EXIT_NO_ENGINE) from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.version = ort.__version__
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.shape = [d if isinstance(d, int) else -1 for d in inp.shape]
+        self.dtype = _ORT_TYPES.get(inp.type, "float32")
+        self.quant = None  # QDQ models keep float I/O; the scale lives inside the graph
+        self.output_quant = None
+
+    def __call__(self, x):
+        return self.session.run(None, {self.input_name: x})[0]
+
+    def dequantize(self, y):
+        return y
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8"}
+
+
+class LiteRtModel:
+    def __init__(self, path, threads, no_xnnpack):
+        try:
+            from ai_edge_litert import interpreter as tfl
+        except ImportError:
+            try:
+                from tflite_runtime import interpreter as tfl
+            except ImportError as exc:
+                raise RunnerError("LiteRT is not installed on the target",
+                                  "pip install ai-edge-litert (or tflite-runtime)", EXIT_NO_ENGINE) from exc
+        kwargs = {"model_path": path, "num_threads": threads}
+        if no_xnnpack:
+            # XNNPACK is LiteRT's default CPU delegate; without it the reference builtin kernels run.
+            kwargs["experimental_op_resolver_type"] = tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.version = _engine_versions()["litert"]
+        self.interp = tfl.Interpreter(**kwargs)
+        self.interp.allocate_tensors()
+        inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.input_index = inp["index"]
+        self.shape = [int(d) for d in inp["shape"]]
+        self.dtype = inp["dtype"].__name__
+        scale, zero = inp["quantization"]
+        self.quant = (float(scale), int(zero)) if scale else None
+        scale, zero = self.out["quantization"]
+        self.output_quant = (float(scale), int(zero)) if scale else None
+
+    def __call__(self, x):
+        self.interp.set_tensor(self.input_index, x)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.out["index"]).copy()
+
+    def dequantize(self, y):
+        scale, zero = self.out["quantization"]
+        if scale and y.dtype.kind in "iu":
+            return ((y.astype("float32") - zero) * scale).astype("float32")
+        return y
+
+
+def load(engine, path, threads, no_xnnpack):
+    cls = {"onnxruntime": OrtModel, "litert": LiteRtModel}[engine]
+    try:
+        return cls(path, threads, no_xnnpack)
+    except RunnerError:
+        raise
+    except Exception as exc:  # any engine's load failure is reported the same way
+        raise RunnerError(f"{engine} cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}",
+                          "check that the file was written for this engine and is not truncated") from exc
+
+
+# --- input -> model -> output --------------------------------------------------------------------
+
+
+def prepare(model, x):
+    """Float array in the file's layout -> the model's dtype (quantised with the file's own scale)."""
+    import numpy as np
+
+    if x.ndim != len(model.shape) or any(m > 0 and m != d for m, d in zip(model.shape[1:], x.shape[1:])):
+        raise RunnerError(f"input shape {list(x.shape)} does not match the model input {model.shape}",
+                          "pass an array in the file's layout (NCHW for ONNX, NHWC for TFLite)")
+    if model.quant is not None and model.dtype in ("int8", "uint8"):
+        scale, zero = model.quant
+        info = np.iinfo(model.dtype)
+        x = np.clip(np.round(x / scale + zero), info.min, info.max)
+    return np.ascontiguousarray(x.astype(model.dtype))
+
+
+def random_input(model, seed):
+    import numpy as np
+
+    shape = [d if d > 0 else 1 for d in model.shape]
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def batches(model, x):
+    """Fixed-batch models (every TFLite file) take one sample at a time."""
+    step = model.shape[0] if model.shape and model.shape[0] > 0 else len(x)
+    return [x[i:i + step] for i in range(0, len(x), step)]
+
+
+def timed(fn, arg):
+    start = time.perf_counter()
+    fn(arg)
+    return (time.perf_counter() - start) * 1e3
+
+
+def run(args):
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise RunnerError("numpy is not installed on the target", "pip install numpy", EXIT_NO_ENGINE) from exc
+    if not os.path.isfile(args.model):
+        raise RunnerError(f"model file not found: {args.model}", "copy the model to the target first")
+    start = time.perf_counter()
+    model = load(args.engine, args.model, args.threads, args.no_xnnpack)
+    load_ms = (time.perf_counter() - start) * 1e3
+
+    if args.input:
+        x = np.load(args.input, allow_pickle=False).astype("float32")
+    else:
+        x = random_input(model, args.seed)
+    chunks = [prepare(model, c) for c in batches(model, x)]
+
+    first_ms = timed(model, chunks[0])
+    for _ in range(args.warmup):
+        model(chunks[0])
+    latencies = [timed(model, chunks[0]) for _ in range(args.runs)]
+
+    result = {
+        "ok": True,
+        "engine": args.engine,
+        "engine_version": model.version,
+        "threads": args.threads,
+        "xnnpack": args.engine == "litert" and not args.no_xnnpack,
+        "input": {"shape": model.shape, "dtype": model.dtype, "quant": model.quant},
+        "output_quant": model.output_quant,
+        "load_ms": round(load_ms, 4),
+        "first_ms": round(first_ms, 4),
+        "warmup": args.warmup,
+        "latencies_ms": [round(t, 4) for t in latencies],
+        "machine": machine(),
+        "output_file": None,
+    }
+    if args.output:
+        outputs = np.concatenate([model.dequantize(model(c)) for c in chunks])
+        np.save(args.output, outputs)
+        result["output_file"] = args.output
+    return result
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--probe", action="store_true", help="print the machine and engine versions only")
+    p.add_argument("--model")
+    p.add_argument("--engine", choices=ENGINES)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--input", help=".npy float array in the model's layout (default: seeded random)")
+    p.add_argument("--output", help="write the (dequantised) outputs here as .npy")
+    p.add_argument("--no-xnnpack", action="store_true", help="LiteRT: builtin kernels, no XNNPACK")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not args.probe and not (args.model and args.engine):
+        p.error("--model and --engine are required (or --probe)")
+    if args.threads < 1 or args.runs < 1 or args.warmup < 0:
+        p.error("--threads and --runs must be >= 1, --warmup >= 0")
+    return args
+
+
+def _fail(error, hint, code):
+    print(json.dumps({"ok": False, "error": error, "hint": hint, "machine": machine()}))
+    return code
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.probe:
+            result = {"ok": True, "machine": machine(), "engines": _engine_versions()}
+        else:
+            result = run(args)
+    except RunnerError as exc:
+        return _fail(exc.error, exc.hint, exc.code)
+    except Exception as exc:  # the caller parses stdout: never let a traceback replace the JSON
+        return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                     "unexpected runner failure; re-run with the same arguments locally to see more",
+                     EXIT_FAILED)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The emulated Raspberry Pi: qemu user-mode running an arm64 Debian Python on this machine.
+
+``pi4-emu`` emulates a Cortex-A72 (Raspberry Pi 4), ``pi5-emu`` a Cortex-A76 (Raspberry Pi 5).
+The rootfs (Debian bookworm arm64 + aarch64 wheels of numpy, onnxruntime and ai-edge-litert)
+is built by ``make pi-rootfs`` into ``$EDGEKIT_CACHE/pi-rootfs``. qemu's ``-L`` serves files
+from it first, including a Pi-like ``/proc/cpuinfo`` (the engines crash on the host's x86 one).
+
+What it is good for: the ARM kernels' *outputs* (fp32 and int8 rounding on ARM vs x86). What it
+is not: a timing. Emulation is hundreds of times slower than a Pi, so every result is flagged
+``emulated`` with a note saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import TargetError
+from runtimes.targets.local import LocalTarget
+
+CPUS = {"pi4-emu": "cortex-a72", "pi5-emu": "cortex-a76"}
+QEMU = "qemu-aarch64-static"
+SITE = "opt/edgekit-site"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_CACHE") or Path.home() / ".cache" / "edgekit")
+
+
+def rootfs_dir() -> Path:
+    return cache_dir() / "pi-rootfs"
+
+
+def host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "the host"
+
+
+class QemuTarget(LocalTarget):
+    emulated = True
+
+    def __init__(self, name: str = "pi4-emu", rootfs: str | Path | None = None, timeout: float = 900.0) -> None:
+        super().__init__(timeout=timeout)
+        self.name = name
+        self.cpu = CPUS[name]
+        self.rootfs = Path(rootfs) if rootfs else rootfs_dir()
+        self.expected_arch = "aarch64"
+
+    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
+                 timeout: float) -> str:
+        self._check_files()
+        return super()._execute(files, argv, fetch, local_dir, timeout)
+
+    def _check_files(self) -> None:
+        if shutil.which(QEMU) is None:
+            raise TargetError(f"{self.name}: {QEMU} not found",
+                              "install it with `apt-get install qemu-user-static`, then run `make pi-rootfs`")
+        for need in (".edgekit-stamp", "usr/bin/python3", SITE, "proc/cpuinfo"):
+            if not (self.rootfs / need).exists():
+                raise TargetError(f"{self.name}: the arm64 rootfs at {self.rootfs} is missing or incomplete",
+                                  "build it with `make pi-rootfs` (about 1-2 minutes, needs a Debian mirror)")
+
+    def _describe(self, machine: dict[str, Any]) -> dict[str, Any]:
+        # The rootfs' cpuinfo is a Pi 4's for both models, and the core count is the host's.
+        return {**machine, "cpu": f"{self.cpu} (qemu user-mode on {host_cpu()})", "cores": None,
+                "emulated": True}
+
+    def _command(self) -> list[str]:
+        return [QEMU, "-cpu", self.cpu, "-L", str(self.rootfs), str(self.rootfs / "usr/bin/python3")]
+
+    def _env(self) -> dict[str, str]:
+        # Only the wheels built for the rootfs; nothing of the host's Python may leak in.
+        keep = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+        return {**keep, "PYTHONPATH": str(self.rootfs / SITE), "PYTHONNOUSERSITE": "1"}
