@@ -8,7 +8,7 @@ MODEL   ?= mobilenet_v3
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test test-slow bench lint clean pi-rootfs pi-bench docs
+.PHONY: setup run test test-slow bench lint clean pi-rootfs pi-bench docs depthwise guidelines
 
 setup: $(STAMP)
 
@@ -46,8 +46,12 @@ pi-rootfs:
 pi-bench: setup pi-rootfs
 	$(PY) -m edgekit.pibench --out bench/pi
 
-docs: setup
+docs: depthwise guidelines
+
+depthwise: setup
 	$(PY) -m edgekit.analysis.depthwise_doc --out docs/depthwise.md
+
+guidelines: setup
 	$(PY) -m edgekit.analysis.guidelines_doc --out docs/guidelines.md
 
 clean:

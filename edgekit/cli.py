@@ -65,6 +65,25 @@ def info(name: str, width: float | None, resolution: int | None, groups: int | N
     emit_json(result) if as_json else tables.print_info(result)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--width", type=float, help="Width multiplier.")
+@click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")
+@click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
+@click.option("--device", type=click.Choice(["rpi3", "rpi4", "rpi5", "phone"]), default="rpi4",
+              show_default=True)
+@click.option("--threads", type=int, help="Threads (default: the device's cores).")
+@click.option("--int8", is_flag=True, help="Estimate int8 kernels instead of fp32.")
+@click.option("--json", "as_json", is_flag=True)
+def estimate(name: str, as_json: bool, **options: Any) -> None:
+    """ESTIMATED latency on a device profile (per-layer roofline; not a measurement)."""
+    from edgekit import estimate as estimate_mod
+    from edgekit import tables
+
+    result = estimate_mod.estimate(name, **options)
+    emit_json(result) if as_json else tables.print_estimate(result)
+
+
 # --- export and quantise ----------------------------------------------------------------------
 
 
@@ -144,6 +163,31 @@ def report(artifact_dir: str, html: bool) -> None:
 
     path = report_mod.write_report(artifact_dir, html=html)
     click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--runtime", "runtimes", help="Comma list: onnxruntime, litert, torch (default: onnxruntime,litert).")
+@click.option("--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--only", help="Comma list of guidelines to run, e.g. G1,G3 (default: all four).")
+@click.option("--quick", is_flag=True, help="Only the x1 sizes and shorter timing (for a first look).")
+@click.option("--figure2", "networks", default="", help="Comma list of zoo networks for the time-share table.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Write a PNG plot here.")
+@click.option("--json", "as_json", is_flag=True)
+def guidelines(runtimes: str | None, target: str, threads: int, only: str | None, quick: bool, networks: str,
+               plot_file: str | None, as_json: bool) -> None:
+    """Measure ShuffleNetV2's four guidelines (G1-G4) on the real runtimes, beside FLOPs and MAC."""
+    from edgekit.analysis import guidelines as g
+
+    result = g.run_guidelines(
+        runtimes=_csv(runtimes), threads=threads, target=target,
+        which=tuple(_csv(only) or g.EXPERIMENTS), scales=(1,) if quick else (1, 2, 4),
+        min_time=0.2 if quick else 0.5, figure2=tuple(_csv(networks) or ()),
+        progress=None if as_json else lambda msg: click.echo(msg, err=True),
+    )
+    if plot_file:
+        g.plot(result, plot_file)
+    emit_json(result) if as_json else click.echo(g.to_markdown(result))
 
 
 def main() -> None:

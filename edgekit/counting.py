@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 KINDS = ("conv", "pointwise", "depthwise", "group conv", "linear", "bn", "act", "pool", "other")
 UNATTRIBUTED = "(unattributed)"
+CONVENTION = (
+    "MACs: multiply-accumulates of conv and linear layers, batch 1, bias excluded "
+    "(torch FlopCounterMode FLOPs / 2); memory access: input + output + weight elements per layer"
+)
 
 
 @dataclass
@@ -203,13 +207,24 @@ def profile_model(
     from edgekit.zoo import get_entry
 
     entry = get_entry(name)
-    shape = (1, 3, resolution or entry.resolution, resolution or entry.resolution)
+    side = resolution or entry.resolution
+    shape = (1, 3, side, side)
     try:
-        return profile_module(_build(name, width, groups, meta=True), shape)
+        return profile_module(_build(entry.name, width, groups, meta=True), shape)
     except EdgekitError:
         raise
     except Exception:  # some builders or ops do real arithmetic on weights: count on CPU instead
-        return profile_module(_build(name, width, groups, meta=False), shape)
+        pass
+    try:
+        return profile_module(_build(entry.name, width, groups, meta=False), shape)
+    except RuntimeError as exc:
+        if side == entry.resolution:
+            raise
+        first_line = str(exc).splitlines()[0]
+        raise UsageError(
+            f"{entry.name} cannot run at resolution {side}: {first_line}",
+            f"use a larger --resolution (default {entry.resolution})",
+        ) from exc
 
 
 def _build(name: str, width: float | None, groups: int | None, meta: bool) -> nn.Module:
@@ -293,11 +308,6 @@ def zoo_summary() -> list[dict[str, Any]]:
         )
     return rows
 
-
-CONVENTION = (
-    "MACs: multiply-accumulates of conv and linear layers, batch 1, bias excluded "
-    "(torch FlopCounterMode FLOPs / 2); memory access: input + output + weight elements per layer"
-)
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from edgekit.devices import Device, get_device
 from edgekit.errors import UsageError
 
 BYTES = {"fp32": 4, "int8": 1}
+Sample = tuple[str, list[dict[str, Any]], int, float]  # zoo model, layer rows, threads, published ms
 FUSED = ("bn", "act")  # folded into the conv before them by ncnn and TFLite
 
 
@@ -43,7 +44,9 @@ class Calibration:
 # ncnn Raspberry Pi 4 figures of PUBLISHED; median |error| and per-model errors in docs/estimate.md).
 FITTED = Calibration(dense=0.30, depthwise=0.08, group=0.15, overhead_cycles=20_000.0, parallel=0.8)
 
-NCNN_SOURCE = "ncnn benchncnn, Raspberry Pi 4 (Cortex-A72 1.8 GHz), fp32, github.com/Tencent/ncnn/tree/master/benchmark"
+NCNN_SOURCE = (
+    "ncnn benchncnn, Raspberry Pi 4 (Cortex-A72 1.8 GHz), fp32, github.com/Tencent/ncnn/tree/master/benchmark"
+)
 
 # (ncnn model, zoo model, zoo options) -> ms at {threads}.
 PUBLISHED: tuple[tuple[str, str, dict[str, Any], dict[int, float]], ...] = (
@@ -127,7 +130,7 @@ def estimate(
     dev = get_device(device)
     threads = dev.cores if threads is None else threads
     if not 1 <= threads <= dev.cores:
-        raise UsageError(f"{dev.name} has {dev.cores} cores, got --threads {threads}", f"use 1 to {dev.cores}")
+        raise UsageError(f"{dev.name} has {dev.cores} cores, not {threads}", f"use --threads 1..{dev.cores}")
     precision = "int8" if int8 else "fp32"
     info = model_info(name, width=width, resolution=resolution, groups=groups)
     layers = estimate_layers(info["layers"], dev, threads=threads, precision=precision)
@@ -144,38 +147,38 @@ def estimate(
         "precision": precision,
         "total_ms": round(total, 3),
         "macs": info["macs"],
-        "layers": [{**layer, **{k: round(layer[k], 4) for k in ("compute_ms", "memory_ms", "ms")}} for layer in layers],
+        "layers": [_rounded(layer) for layer in layers],
         "published": published_figure(info, dev.name, threads, precision, total),
-        "method": "estimate, not a measurement: per-layer roofline with constants fitted to ncnn's Pi 4 table",
+        "method": "ESTIMATE, not a measurement: per-layer roofline, constants fitted to ncnn's Pi 4 table",
     }
+
+
+def _rounded(layer: dict[str, Any]) -> dict[str, Any]:
+    return {**layer, **{key: round(layer[key], 4) for key in ("compute_ms", "memory_ms", "ms")}}
 
 
 def published_figure(
     info: dict[str, Any], device: str, threads: int, precision: str, total_ms: float
 ) -> dict[str, Any] | None:
     """The published figure for exactly this model, options, device, threads and precision."""
+    from edgekit.zoo import get_entry
+
     if device != "rpi4" or precision != "fp32" or info["width"] != 1.0:
         return None
     for _, model, options, times in PUBLISHED:
-        default_res = _default_resolution(model)
-        if model == info["model"] and options.items() <= info["options"].items() and threads in times:
-            if info["resolution"] != default_res:
-                return None
-            ms = times[threads]
-            return {"ms": ms, "source": NCNN_SOURCE, "error_pct": round(100 * (total_ms - ms) / ms, 1)}
+        if model != info["model"] or not options.items() <= info["options"].items() or threads not in times:
+            continue
+        if info["resolution"] != get_entry(model).resolution:
+            return None
+        ms = times[threads]
+        return {"ms": ms, "source": NCNN_SOURCE, "error_pct": round(100 * (total_ms - ms) / ms, 1)}
     return None
-
-
-def _default_resolution(model: str) -> int:
-    from edgekit.zoo import get_entry
-
-    return get_entry(model).resolution
 
 
 # --- calibration -------------------------------------------------------------------------------
 
 
-def calibration_set() -> list[tuple[str, list[dict[str, Any]], int, float]]:
+def calibration_set() -> list[Sample]:
     """(zoo model, layer rows, threads, published ms) for every published figure."""
     from edgekit.counting import model_info
 
@@ -186,7 +189,7 @@ def calibration_set() -> list[tuple[str, list[dict[str, Any]], int, float]]:
     return rows
 
 
-def predict(data: list[tuple[str, list[dict[str, Any]], int, float]], calibration: Calibration) -> list[float]:
+def predict(data: list[Sample], calibration: Calibration) -> list[float]:
     device = get_device("rpi4")
     return [
         sum(row["ms"] for row in estimate_layers(layers, device, threads=threads, calibration=calibration))
@@ -194,7 +197,7 @@ def predict(data: list[tuple[str, list[dict[str, Any]], int, float]], calibratio
     ]
 
 
-def fit(data: list[tuple[str, list[dict[str, Any]], int, float]] | None = None) -> Calibration:
+def fit(data: list[Sample] | None = None) -> Calibration:
     """Least squares on log-time over the published figures (Nelder-Mead, bounded by transforms)."""
     import numpy as np
 
@@ -208,8 +211,10 @@ def fit(data: list[tuple[str, list[dict[str, Any]], int, float]] | None = None) 
     def loss(z: np.ndarray) -> float:
         return float(np.sum((np.log(predict(data, unpack(z))) - target) ** 2))
 
-    start = np.array([-1.0, -2.5, -1.5, math.log(2e4), 1.0])
-    return unpack(nelder_mead(loss, start))
+    best = np.array([-1.0, -2.5, -1.5, math.log(2e4), 1.0])
+    for _ in range(3):  # restarts: a fresh simplex around the last optimum escapes early collapse
+        best = nelder_mead(loss, best)
+    return unpack(best)
 
 
 def nelder_mead(f: Any, x0: Any, step: float = 0.5, iterations: int = 600, tol: float = 1e-10) -> Any:
@@ -266,7 +271,8 @@ def _main() -> None:
     print("| model | threads | ncnn Pi 4 (ms) | estimate (ms) | error |")
     print("|---|---:|---:|---:|---:|")
     for e in errors:
-        print(f"| {e['model']} | {e['threads']} | {e['published_ms']} | {e['estimate_ms']} | {e['error_pct']:+.1f}% |")
+        cells = (e["model"], e["threads"], e["published_ms"], e["estimate_ms"], f"{e['error_pct']:+.1f}%")
+        print("| " + " | ".join(map(str, cells)) + " |")
     print(f"median |error|: {statistics.median(abs(e['error_pct']) for e in errors):.1f}%")
 
 

@@ -18,8 +18,23 @@ from typing import Any
 import numpy as np
 
 # ISA features that decide which kernels run: x86 vector/int8-dot extensions, Arm NEON/dotprod/i8mm.
-FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-            "amx_int8", "asimd", "asimddp", "i8mm", "sve", "bf16")
+FEATURES = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "bf16",
+)
 PACKAGES = ("numpy", "onnx", "onnxruntime", "ai-edge-litert", "torch", "litert-torch")
 PEAK_SIZE = 2048  # M = N = K: 8.6 GMAC, large enough for the GEMM kernels to reach steady state
 PEAK_REPEATS = 5
@@ -81,7 +96,6 @@ def facts() -> dict[str, Any]:
 
 def _matmul_model(kind: str, n: int) -> bytes:
     """A one-node ONNX graph: float32 MatMul or uint8 x int8 MatMulInteger, weights as initializer."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -93,8 +107,13 @@ def _matmul_model(kind: str, n: int) -> bytes:
         weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
         node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
         a_type, y_type = TensorProto.UINT8, TensorProto.INT32
-    graph = helper.make_graph([node], f"peak_{kind}", [helper.make_tensor_value_info("a", a_type, [n, n])],
-                              [helper.make_tensor_value_info("y", y_type, [n, n])], [weight])
+    graph = helper.make_graph(
+        [node],
+        f"peak_{kind}",
+        [helper.make_tensor_value_info("a", a_type, [n, n])],
+        [helper.make_tensor_value_info("y", y_type, [n, n])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -115,7 +134,11 @@ def peak_gmacs(kind: str = "fp32", threads: int = 1, n: int = PEAK_SIZE) -> floa
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(_matmul_model(kind, n), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((n, n), dtype=np.float32) if kind == "fp32" else rng.integers(0, 256, (n, n), np.uint8)
+    a = (
+        rng.standard_normal((n, n), dtype=np.float32)
+        if kind == "fp32"
+        else rng.integers(0, 256, (n, n), np.uint8)
+    )
     sess.run(None, {"a": a})  # warm-up: packing, thread-pool start
     best = float("inf")
     for _ in range(PEAK_REPEATS):
@@ -127,5 +150,7 @@ def peak_gmacs(kind: str = "fp32", threads: int = 1, n: int = PEAK_SIZE) -> floa
 
 def peak_note(kind: str, threads: int) -> str:
     op = "MatMul float32" if kind == "fp32" else "MatMulInteger uint8 x int8"
-    return (f"peak: ONNX Runtime {op} {PEAK_SIZE}^3, {threads} thread(s), best of {PEAK_REPEATS}, "
-            "timed in the same process as the benchmark")
+    return (
+        f"peak: ONNX Runtime {op} {PEAK_SIZE}^3, {threads} thread(s), best of {PEAK_REPEATS}, "
+        "timed in the same process as the benchmark"
+    )

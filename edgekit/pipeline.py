@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
+from edgekit.verify import GATES, METHOD
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,16 +67,18 @@ def export(
     _check_quant_options(int8, quant_options)
     with _Steps(len(chosen) + 3 + int8) as steps:
         with steps.step(f"build {name}"):
-            built = build(name, width=width, resolution=resolution, groups=groups, pretrained=pretrained, seed=seed)
+            built = build(name, width=width, resolution=resolution, groups=groups, pretrained=pretrained,
+                          seed=seed)
         out = Path(out_dir) if out_dir else Path("artifacts") / built.name
         with staged_dir(out) as stage:
             manifest = _new_manifest(built, dynamic_batch, argv)
+            files = manifest["files"]
             check = _Checker(built, seed)
             with steps.step("torch reference (model.pt2)"):
-                manifest["files"]["torch"] = write_reference(stage, built.model, check.example, dynamic_batch, check)
+                files["torch"] = write_reference(stage, built.model, dynamic_batch, check)
             for exporter in chosen:
                 with steps.step(f"{exporter.fmt} ({exporter.filename})"):
-                    manifest["files"][exporter.fmt] = _export_one(exporter, stage, manifest, built, check, dynamic_batch)
+                    files[exporter.fmt] = _export_one(exporter, stage, manifest, built, check, dynamic_batch)
             if int8:
                 with steps.step("int8 (calibration)"):
                     from calibration.int8 import quantize_all
@@ -117,7 +120,8 @@ def build(
     return built
 
 
-def _build_zoo(name: str, width: float | None, resolution: int | None, groups: int | None, pretrained: bool) -> Built:
+def _build_zoo(name: str, width: float | None, resolution: int | None, groups: int | None,
+               pretrained: bool) -> Built:
     from edgekit.zoo import create_model, get_entry
 
     entry = get_entry(name)
@@ -125,12 +129,13 @@ def _build_zoo(name: str, width: float | None, resolution: int | None, groups: i
     if resolution != entry.resolution:
         check_resolution(resolution)
     model = create_model(entry.name, width=width, pretrained=pretrained, groups=groups)
-    spec = PreprocessSpec(resolution=resolution, resize=int(round(resolution / entry.crop_pct)),
+    spec = PreprocessSpec(resolution=resolution, resize=round(resolution / entry.crop_pct),
                           mean=tuple(entry.mean), std=tuple(entry.std))
     args = {"width": width or 1.0, "resolution": resolution, "groups": groups, "pretrained": pretrained}
     info = {"name": entry.name, "source": "zoo", "family": entry.family, "paper": entry.paper, "args": args}
-    suffix = "".join(f"_{k}{v}" for k, v in (("w", width), ("r", resolution if resolution != entry.resolution else None),
-                                               ("g", groups)) if v is not None)
+    # The default folder name tells variants apart: mobilenet_v2_w0.5_r96.
+    changed = (("w", width), ("r", None if resolution == entry.resolution else resolution), ("g", groups))
+    suffix = "".join(f"_{k}{v}" for k, v in changed if v is not None)
     return Built(entry.name + suffix, model, spec, info)
 
 
@@ -151,17 +156,19 @@ def _build_file(spec_str: str, resolution: int | None) -> Built:
     module_spec.loader.exec_module(module)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        raise UsageError(f"{path} has no function {factory_name!r}", "name a function that returns an nn.Module")
+        raise UsageError(f"{path} has no function {factory_name!r}",
+                         "name a function that returns an nn.Module")
     model = factory()
     if not isinstance(model, nn.Module):
-        raise UsageError(f"{spec_str} returned {type(model).__name__}, not an nn.Module", "return the network itself")
+        raise UsageError(f"{spec_str} returned {type(model).__name__}, not an nn.Module",
+                         "return the network itself")
     resolution = resolution or getattr(model, "resolution", None)
     if resolution is None:
         raise UsageError(f"{spec_str}: input resolution unknown", "pass --resolution or set model.resolution")
     check_resolution(int(resolution))
     resolution = int(resolution)
     mean, std = tuple(getattr(model, "mean", IMAGENET.mean)), tuple(getattr(model, "std", IMAGENET.std))
-    spec = PreprocessSpec(resolution=resolution, resize=int(round(resolution / 0.875)), mean=mean, std=std)
+    spec = PreprocessSpec(resolution=resolution, resize=round(resolution / 0.875), mean=mean, std=std)
     info = {"name": f"{path.stem}:{factory_name}", "source": "file", "path": str(path.resolve()),
             "args": {"width": None, "resolution": resolution, "groups": None, "pretrained": False}}
     return Built(path.stem, model.eval(), spec, info)
@@ -171,7 +178,8 @@ def check_resolution(resolution: int) -> None:
     """The zoo's networks downsample by 32: other sizes break concatenations or lose pixels."""
     if not (MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution % STRIDE == 0):
         raise UsageError(f"resolution {resolution} is not supported",
-                         f"use a multiple of {STRIDE} from {MIN_RESOLUTION} to {MAX_RESOLUTION}, e.g. 96, 160 or 224")
+                         f"use a multiple of {STRIDE} from {MIN_RESOLUTION} to {MAX_RESOLUTION}, "
+                         "e.g. 96, 160 or 224")
 
 
 def _counts(model: nn.Module, resolution: int) -> dict[str, Any]:
@@ -224,22 +232,28 @@ class _Checker:
         return verify_file(path, fmt, precision, layout, self.inputs, self.references)
 
 
-def write_reference(folder: Path, model: nn.Module, example: Any, dynamic_batch: bool, check: _Checker) -> dict:
+def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: _Checker) -> dict[str, Any]:
     """``model.pt2``: the torch.export program, runnable without the zoo's code."""
     import torch
 
     from edgekit.verify import check as check_gate
+    from exporters import conversion_error
 
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    example = check.example
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    except Exception as exc:  # torch.export names the untraceable op or the data-dependent branch
+        raise conversion_error("torch.export", exc) from exc
     torch.export.save(program, folder / "model.pt2")
     result = check.verify(folder / "model.pt2", "torch", "fp32", "NCHW")
     check_gate("torch", result)
     batch = "batch" if dynamic_batch else 1
-    shape = [batch, *example.shape[1:]]
+    input_name = program.graph_signature.user_inputs[0]
+    classes = check.references["random"].shape[1]
     return file_entry(folder, "model.pt2", format="torch", precision="fp32", layout="NCHW",
-                      inputs=[{"name": "x", "shape": shape, "dtype": "float32"}],
-                      outputs=[{"name": "logits", "shape": [batch, -1], "dtype": "float32"}],
+                      inputs=[{"name": input_name, "shape": [batch, *example.shape[1:]], "dtype": "float32"}],
+                      outputs=[{"name": "logits", "shape": [batch, classes], "dtype": "float32"}],
                       verification=result)
 
 
@@ -304,7 +318,8 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
         "",
         "## Files",
         "",
-        "| format | file | size | sha256 | layout | max rel err (random / photos) | cosine min | top-1 agree |",
+        "| format | file | size | sha256 | layout | max rel err (random / photos) | cosine min "
+        "| top-1 agree |",
         "|---|---|---:|---|---|---|---:|---:|",
     ]
     for fmt, entry in manifest["files"].items():
@@ -317,9 +332,8 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
             f"{entry.get('layout', '')} | {_fmt(rnd.get('max_rel_err'))} / {_fmt(img.get('max_rel_err'))} | "
             f"{'—' if cos is None else f'{cos:.6f}'} | {'—' if agree is None else f'{agree:.0%}'} |"
         )
-    measured = next((e["verification"]["measured"] for e in manifest["files"].values() if "verification" in e), "")
-    lines += ["", f"Verification: each file in its own engine ({measured}); max rel err = "
-              "max|out - ref| / max|ref|. Gates: " + _gates(manifest) + ".", ""]
+    lines += ["", f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. "
+              f"Gates: {_gates(manifest)}.", ""]
     lines += _ops_section(manifest)
     return write_text(folder / "report.md", "\n".join(lines) + "\n")
 
@@ -344,10 +358,9 @@ def _ops_section(manifest: dict[str, Any]) -> list[str]:
 
 
 def _gates(manifest: dict[str, Any]) -> str:
-    from edgekit.verify import GATES
-
     used = {e.get("precision") for e in manifest["files"].values()}
-    return "; ".join(f"{p}: " + ", ".join(f"{k} {v}" for k, v in g.items()) for p, g in GATES.items() if p in used)
+    gates = {p: ", ".join(f"{k} {v}" for k, v in g.items()) for p, g in GATES.items() if p in used}
+    return "; ".join(f"{p}: {g}" for p, g in gates.items())
 
 
 def _args(args: dict[str, Any]) -> str:

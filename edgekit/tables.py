@@ -81,14 +81,15 @@ def print_export(manifest: dict[str, Any]) -> None:
         rows.append([fmt, entry["path"], f"{entry['size'] / 1e6:.2f} MB", entry.get("layout"),
                      None if worst is None else f"{worst:.1e}", None if cosine is None else f"{cosine:.6f}",
                      None if agree is None else f"{agree:.0%}", xnn_text])
-    measured = next((e["verification"]["measured"] for e in manifest["files"].values() if "verification" in e), "")
+    from edgekit.verify import METHOD
+
     model = manifest["model"]
     render(
         f"{model['name']} -> {manifest.get('folder', '')}",
         ["format", "file", "size", "layout", "max rel err", "cosine", "top-1 agree (photos)", "XNNPACK"],
         rows,
         caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
-                f"Verified against PyTorch: {measured}; max rel err = max|out-ref| / max|ref|.",
+                f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|.",
     )
 
 
@@ -97,4 +98,47 @@ def print_eval(result: dict[str, Any]) -> None:
 
 
 def print_bench(result: dict[str, Any]) -> None:
-    raise NotImplementedError  # owned by bench
+    """Latency table (ms), then one line per skipped runtime and per op off the fast path."""
+    cols = ["format", "runtime", "thr", "p50", "p90", "p99", "CV", "runs", "RSS MB", "eff."]
+    rows = [[r["format"], r["runtime"], r["threads"], *(_ms(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms")),
+             f"{r['cv']:.0%}" + ("!" if r["unstable"] else ""), r["runs"], r.get("rss_delta_mb"),
+             None if r.get("efficiency") is None else f"{r['efficiency']:.0%}"] for r in result["results"]]
+    m = result["machine"]
+    caption = (f"ms per inference, batch 1, target {result.get('target', 'local')} ({m['cpu']}, "
+               f"{m['cores']} cores); ! = CV > 10% (unstable); eff. = MAC/s over this host's GEMM peak")
+    render("edgekit bench", cols, rows, caption)
+    for skip in result["skipped"]:
+        console.print(f"skipped {skip['runtime']} ({skip['format'] or 'any format'}): {skip['reason']}")
+    for r in result["results"]:
+        for slow in (r.get("profile") or {}).get("slow_path", []):
+            console.print(f"{r['format']}/{r['runtime']}: off the fast path: {slow['op']} x{slow['count']} "
+                          f"({slow['why']})")
+
+
+def _ms(value: float) -> float:
+    return round(value, 3) if value < 10 else round(value, 1)
+
+
+def print_estimate(result: dict[str, Any]) -> None:
+    """Estimated per-layer latency (executed layers only; BN/activations are fused), then the total."""
+    dev = result["device_profile"]
+    published = result["published"]
+    rows = [
+        [layer["name"], layer["kind"], layer["macs"], layer["bytes"], f"{layer['compute_ms']:.3f}",
+         f"{layer['memory_ms']:.3f}", f"{layer['ms']:.3f}", layer["bound"]]
+        for layer in result["layers"]
+        if layer["bound"] != "fused"
+    ]
+    rows.append(["total (estimate)", "", result["macs"], None, None, None, f"{result['total_ms']:.2f}", ""])
+    versus = (
+        f" Published: {published['ms']} ms ({published['source']}); error {published['error_pct']:+.1f}%."
+        if published
+        else ""
+    )
+    render(
+        f"ESTIMATE: {result['model']} on {dev['label']} ({dev['core']} {dev['clock_ghz']} GHz), "
+        f"{result['threads']} thread(s), {result['precision']}",
+        ["layer", "kind", "MACs", "bytes", "compute ms", "memory ms", "ms", "bound"],
+        rows,
+        caption=f"{result['method']}; ms = max(compute, memory) + per-layer overhead.{versus}",
+    )

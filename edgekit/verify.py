@@ -29,6 +29,9 @@ GATES: dict[str, dict[str, float]] = {
 }
 N_RANDOM = 4
 N_IMAGES = 4
+ENGINES = {"onnx": "ONNX Runtime CPU", "tflite": "LiteRT + XNNPACK", "torch": "torch.export"}
+METHOD = (f"each file in its own engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
+          f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits")
 
 
 def sample_images(spec: PreprocessSpec, n: int) -> np.ndarray:
@@ -142,10 +145,11 @@ def verify_file(
     references: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``)."""
-    figures = {kind: compare(references[kind], run_file(path, fmt, layout, batch)) for kind, batch in inputs.items()}
+    figures = {kind: compare(references[kind], run_file(path, fmt, layout, batch))
+               for kind, batch in inputs.items()}
     gate = GATES.get(precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]
-    engine = {"onnx": "onnxruntime CPU", "tflite": "LiteRT + XNNPACK", "torch": "torch.export"}[fmt.split("-")[0]]
+    engine = ENGINES[fmt.split("-")[0]]
     return {
         **figures,
         "gate": gate,

@@ -102,7 +102,7 @@ def _simplify_and_check(proto: Any) -> Any:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
         raise ExportError(f"onnx: the exported graph fails onnx's checker: {first}",
-                          "report it with `edgekit export --debug` output; try --formats tflite meanwhile") from exc
+                          "report it with the `--debug` output; use --formats tflite meanwhile") from exc
 
 
 def op_histogram(proto: Any) -> dict[str, int]:
@@ -119,7 +119,8 @@ def io_details(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     def describe(value: Any) -> dict[str, Any]:
         tensor = value.type.tensor_type
         shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        return {"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return {"name": value.name, "shape": shape, "dtype": dtype}
 
     initializers = {init.name for init in graph.initializer}
     return {

@@ -35,7 +35,8 @@ def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
     return {"converter": "litert-torch", **describe(out_path)}
 
 
-def export_fp16(module: Any, example_input: Any, out_path: Path, *, fp32_path: Path | None = None) -> dict[str, Any]:
+def export_fp16(module: Any, example_input: Any, out_path: Path, *,
+                fp32_path: Path | None = None) -> dict[str, Any]:
     """fp16 weights, float32 I/O; casts ``fp32_path`` when given, else converts ``module`` first."""
     if fp32_path is None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def export_fp16(module: Any, example_input: Any, out_path: Path, *, fp32_path: P
 
 
 def _cast_weights_fp16(src: Path, dst: Path) -> None:
-    from ai_edge_quantizer import quantizer, qtyping
+    from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     quant = quantizer.Quantizer(str(src))

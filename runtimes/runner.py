@@ -57,10 +57,22 @@ def _cpuinfo():
 
 
 # ARM "CPU part" ids of the cores one meets on boards and phones.
-_ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-              "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-              "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510",
-              "0xd47": "Cortex-A710", "0xd4d": "Cortex-A715"}
+_ARM_PARTS = {
+    "0xd03": "Cortex-A53",
+    "0xd04": "Cortex-A35",
+    "0xd05": "Cortex-A55",
+    "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72",
+    "0xd09": "Cortex-A73",
+    "0xd0a": "Cortex-A75",
+    "0xd0b": "Cortex-A76",
+    "0xd0d": "Cortex-A77",
+    "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1",
+    "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710",
+    "0xd4d": "Cortex-A715",
+}
 
 
 def _os_name():
@@ -120,8 +132,9 @@ class OrtModel:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise RunnerError("onnxruntime is not installed on the target",
-                              "pip install onnxruntime", EXIT_NO_ENGINE) from exc
+            raise RunnerError(
+                "onnxruntime is not installed on the target", "pip install onnxruntime", EXIT_NO_ENGINE
+            ) from exc
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -142,8 +155,12 @@ class OrtModel:
         return y
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
-              "tensor(uint8)": "uint8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+}
 
 
 class LiteRtModel:
@@ -154,8 +171,11 @@ class LiteRtModel:
             try:
                 from tflite_runtime import interpreter as tfl
             except ImportError as exc:
-                raise RunnerError("LiteRT is not installed on the target",
-                                  "pip install ai-edge-litert (or tflite-runtime)", EXIT_NO_ENGINE) from exc
+                raise RunnerError(
+                    "LiteRT is not installed on the target",
+                    "pip install ai-edge-litert (or tflite-runtime)",
+                    EXIT_NO_ENGINE,
+                ) from exc
         kwargs = {"model_path": path, "num_threads": threads}
         if no_xnnpack:
             # XNNPACK is LiteRT's default CPU delegate; without it the reference builtin kernels run.
@@ -192,8 +212,10 @@ def load(engine, path, threads, no_xnnpack):
     except RunnerError:
         raise
     except Exception as exc:  # any engine's load failure is reported the same way
-        raise RunnerError(f"{engine} cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}",
-                          "check that the file was written for this engine and is not truncated") from exc
+        raise RunnerError(
+            f"{engine} cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}",
+            "check that the file was written for this engine and is not truncated",
+        ) from exc
 
 
 # --- input -> model -> output --------------------------------------------------------------------
@@ -203,9 +225,12 @@ def prepare(model, x):
     """Float array in the file's layout -> the model's dtype (quantised with the file's own scale)."""
     import numpy as np
 
-    if x.ndim != len(model.shape) or any(m > 0 and m != d for m, d in zip(model.shape[1:], x.shape[1:])):
-        raise RunnerError(f"input shape {list(x.shape)} does not match the model input {model.shape}",
-                          "pass an array in the file's layout (NCHW for ONNX, NHWC for TFLite)")
+    # zip(strict=) is Python 3.10+; the runner also runs on older boards, and ndim is checked first.
+    if x.ndim != len(model.shape) or any(m > 0 and m != d for m, d in zip(model.shape[1:], x.shape[1:])):  # noqa: B905
+        raise RunnerError(
+            f"input shape {list(x.shape)} does not match the model input {model.shape}",
+            "pass an array in the file's layout (NCHW for ONNX, NHWC for TFLite)",
+        )
     if model.quant is not None and model.dtype in ("int8", "uint8"):
         scale, zero = model.quant
         info = np.iinfo(model.dtype)
@@ -223,7 +248,7 @@ def random_input(model, seed):
 def batches(model, x):
     """Fixed-batch models (every TFLite file) take one sample at a time."""
     step = model.shape[0] if model.shape and model.shape[0] > 0 else len(x)
-    return [x[i:i + step] for i in range(0, len(x), step)]
+    return [x[i : i + step] for i in range(0, len(x), step)]
 
 
 def timed(fn, arg):
@@ -236,7 +261,9 @@ def run(args):
     try:
         import numpy as np
     except ImportError as exc:
-        raise RunnerError("numpy is not installed on the target", "pip install numpy", EXIT_NO_ENGINE) from exc
+        raise RunnerError(
+            "numpy is not installed on the target", "pip install numpy", EXIT_NO_ENGINE
+        ) from exc
     if not os.path.isfile(args.model):
         raise RunnerError(f"model file not found: {args.model}", "copy the model to the target first")
     start = time.perf_counter()
@@ -311,9 +338,11 @@ def main(argv=None):
     except RunnerError as exc:
         return _fail(exc.error, exc.hint, exc.code)
     except Exception as exc:  # the caller parses stdout: never let a traceback replace the JSON
-        return _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                     "unexpected runner failure; re-run with the same arguments locally to see more",
-                     EXIT_FAILED)
+        return _fail(
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "unexpected runner failure; re-run with the same arguments locally to see more",
+            EXIT_FAILED,
+        )
     print(json.dumps(result))
     return 0
 

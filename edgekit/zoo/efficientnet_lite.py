@@ -36,7 +36,8 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: 1x1 expand -> kxk depthwise -> linear 1x1 project (+ identity)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
+                 expand_ratio: int) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.use_res_connect = stride == 1 and in_channels == out_channels
@@ -60,7 +61,8 @@ class EfficientNetLite(nn.Module):
         for expand_ratio, kernel, stride, channels, repeats in MBCONV_SETTING:
             out_channels = make_divisible(channels * width)
             for i in range(repeats):
-                blocks.append(MBConv(in_channels, out_channels, kernel, stride if i == 0 else 1, expand_ratio))
+                first_stride = stride if i == 0 else 1
+                blocks.append(MBConv(in_channels, out_channels, kernel, first_stride, expand_ratio))
                 in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBNAct(in_channels, HEAD_CHANNELS, 1, norm_layer=BatchNorm)

@@ -108,7 +108,9 @@ class MobileNetV3(nn.Module):
             hidden = make_divisible(in_channels * expanded / base_in)
             layers.append(InvertedResidual(in_channels, kernel, hidden, out_channels, use_se, use_hs, stride))
             in_channels, base_in = out_channels, out
-        layers.append(ConvBNAct(in_channels, 6 * in_channels, 1, activation=nn.Hardswish, norm_layer=BatchNorm))
+        layers.append(
+            ConvBNAct(in_channels, 6 * in_channels, 1, activation=nn.Hardswish, norm_layer=BatchNorm)
+        )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         # The last layer keeps its width below 1.0 (TF-slim's finegrain_classification_mode).

@@ -77,14 +77,16 @@ class ShuffleNetV1(nn.Module):
             raise ValueError(f"groups must be one of {sorted(STAGE_OUT_CHANNELS)}, got {groups}")
         # Each group's bottleneck (a quarter of the output) must hold whole channels.
         stage_channels = [_round_to(c * width, 4 * groups) for c in STAGE_OUT_CHANNELS[groups]]
+        # A multiple of g, so that the first stride-2 unit's new channels split into g groups.
+        stem_channels = _round_to(STEM_CHANNELS * width, groups)
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(STEM_CHANNELS),
+            nn.Conv2d(3, stem_channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(stem_channels),
             nn.ReLU(inplace=True),
         )
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages: list[nn.Module] = []
-        in_channels = STEM_CHANNELS
+        in_channels = stem_channels
         for index, (repeats, out_channels) in enumerate(zip(STAGE_REPEATS, stage_channels, strict=True)):
             units = [ShuffleUnit(in_channels, out_channels, 2, groups, group_first=index > 0)]
             units += [ShuffleUnit(out_channels, out_channels, 1, groups, True) for _ in range(repeats - 1)]

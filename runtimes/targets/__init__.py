@@ -47,8 +47,18 @@ class Target:
             stdout = self._execute([RUNNER], ["--probe"], None, Path(tmp), min(self.timeout, 120.0))
         return self._parse(stdout)
 
-    def run(self, model_path: str | Path, engine: str, *, threads: int = 1, warmup: int = 3, runs: int = 10,
-            inputs: np.ndarray | None = None, no_xnnpack: bool = False, seed: int = 0) -> dict[str, Any]:
+    def run(
+        self,
+        model_path: str | Path,
+        engine: str,
+        *,
+        threads: int = 1,
+        warmup: int = 3,
+        runs: int = 10,
+        inputs: np.ndarray | None = None,
+        no_xnnpack: bool = False,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         """Run ``model_path`` with ``engine`` on the target; outputs come back when ``inputs`` are given.
 
         ``inputs`` is a float batch in the file's layout; int8 files are (de)quantised by the runner
@@ -59,8 +69,20 @@ class Target:
         model = Path(model_path)
         if not model.is_file():
             raise UsageError(f"model file not found: {model}", "export it first: `edgekit export NAME`")
-        argv = ["--model", model.name, "--engine", engine, "--threads", str(threads),
-                "--warmup", str(warmup), "--runs", str(runs), "--seed", str(seed)]
+        argv = [
+            "--model",
+            model.name,
+            "--engine",
+            engine,
+            "--threads",
+            str(threads),
+            "--warmup",
+            str(warmup),
+            "--runs",
+            str(runs),
+            "--seed",
+            str(seed),
+        ]
         if no_xnnpack:
             argv.append("--no-xnnpack")
         files = [RUNNER, model]
@@ -70,7 +92,9 @@ class Target:
                 np.save(local / INPUT_FILE, np.ascontiguousarray(inputs, dtype=np.float32))
                 files.append(local / INPUT_FILE)
                 argv += ["--input", INPUT_FILE, "--output", OUTPUT_FILE]
-            stdout = self._execute(files, argv, OUTPUT_FILE if inputs is not None else None, local, self.timeout)
+            stdout = self._execute(
+                files, argv, OUTPUT_FILE if inputs is not None else None, local, self.timeout
+            )
             result = self._parse(stdout)
             if inputs is not None:
                 result["outputs"] = np.load(local / OUTPUT_FILE, allow_pickle=False)
@@ -79,21 +103,34 @@ class Target:
             result["note"] = EMULATION_NOTE
         return result
 
-    def bench(self, model_path: str | Path, engine: str, *, threads: int = 1, warmup: int = 3, runs: int = 10,
-              layout: str | None = None, input_quant: Any = None, no_xnnpack: bool = False) -> dict[str, Any]:
+    def bench(
+        self,
+        model_path: str | Path,
+        engine: str,
+        *,
+        threads: int = 1,
+        warmup: int = 3,
+        runs: int = 10,
+        layout: str | None = None,
+        input_quant: Any = None,
+        no_xnnpack: bool = False,
+    ) -> dict[str, Any]:
         """Latency on the target with seeded random input (what ``edgekit bench --target`` calls).
 
         ``layout`` and ``input_quant`` are accepted for symmetry with the local harness; the runner
         reads both from the file itself, so they are only recorded.
         """
-        result = self.run(model_path, engine, threads=threads, warmup=warmup, runs=runs, no_xnnpack=no_xnnpack)
+        result = self.run(
+            model_path, engine, threads=threads, warmup=warmup, runs=runs, no_xnnpack=no_xnnpack
+        )
         result["layout"] = layout
         return result
 
     # --- for subclasses ------------------------------------------------------------------------
 
-    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
-                 timeout: float) -> str:
+    def _execute(
+        self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path, timeout: float
+    ) -> str:
         """Copy ``files`` to a fresh working folder on the target, run ``runner.py argv`` there, copy
         ``fetch`` back into ``local_dir``, remove the folder and return the runner's stdout."""
         raise NotImplementedError
@@ -104,11 +141,15 @@ class Target:
             result = json.loads(lines[-1])
         except (IndexError, json.JSONDecodeError) as exc:
             tail = stdout.strip().splitlines()[-1:] or ["no output"]
-            raise TargetError(f"{self.name}: cannot parse the runner's result ({tail[0][:200]})",
-                              "the runner printed no JSON; run it by hand on the target to see why") from exc
+            raise TargetError(
+                f"{self.name}: cannot parse the runner's result ({tail[0][:200]})",
+                "the runner printed no JSON; run it by hand on the target to see why",
+            ) from exc
         if not result.get("ok"):
-            raise TargetError(f"{self.name}: {result.get('error', 'runner failed')}",
-                              f"on the target: {result.get('hint', 'see the runner output')}")
+            raise TargetError(
+                f"{self.name}: {result.get('error', 'runner failed')}",
+                f"on the target: {result.get('hint', 'see the runner output')}",
+            )
         self._check_arch(result["machine"])
         result["machine"] = self._describe(result["machine"])
         return result
@@ -120,15 +161,19 @@ class Target:
     def _crashed(self, code: int, stderr: str, hint: str | None = None) -> TargetError:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         tail = (stderr.strip().splitlines() or ["no error output"])[-1][:200]
-        return TargetError(f"{self.name}: the runner {how} without a result ({tail})",
-                           hint or "the engine crashed on this file; try the other engine or format")
+        return TargetError(
+            f"{self.name}: the runner {how} without a result ({tail})",
+            hint or "the engine crashed on this file; try the other engine or format",
+        )
 
     def _check_arch(self, machine: dict[str, Any]) -> None:
         arch = machine.get("arch")
         if self.expected_arch and arch != self.expected_arch:
-            raise TargetError(f"{self.name} reported a {arch} machine, expected {self.expected_arch}",
-                              "the target ran the wrong interpreter; check its Python (or rebuild with "
-                              "`make pi-rootfs` for the emulated Pi)")
+            raise TargetError(
+                f"{self.name} reported a {arch} machine, expected {self.expected_arch}",
+                "the target ran the wrong interpreter; check its Python (or rebuild with "
+                "`make pi-rootfs` for the emulated Pi)",
+            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}{' (emulated)' if self.emulated else ''}>"
@@ -139,8 +184,10 @@ def run_command(cmd: list[str], timeout: float, what: str, **kwargs: Any) -> sub
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
     except subprocess.TimeoutExpired as exc:
-        raise TargetError(f"{what} did not finish within {timeout:.0f} s",
-                          "the target is too slow or hanging; raise the timeout or check the target") from exc
+        raise TargetError(
+            f"{what} did not finish within {timeout:.0f} s",
+            "the target is too slow or hanging; raise the timeout or check the target",
+        ) from exc
     except FileNotFoundError as exc:
         raise TargetError(f"{cmd[0]} not found", f"install {cmd[0]} to use this target") from exc
 

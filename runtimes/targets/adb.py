@@ -19,8 +19,14 @@ DEVICE_TMP = "/data/local/tmp"
 
 
 class AdbTarget(Target):
-    def __init__(self, serial: str | None = None, *, remote_python: str = "python3", timeout: float = 600.0,
-                 arch: str | None = None) -> None:
+    def __init__(
+        self,
+        serial: str | None = None,
+        *,
+        remote_python: str = "python3",
+        timeout: float = 600.0,
+        arch: str | None = None,
+    ) -> None:
         self.serial = serial
         self.name = f"adb:{serial}" if serial else "adb"
         self.remote_python = remote_python
@@ -30,8 +36,10 @@ class AdbTarget(Target):
     def _adb(self) -> list[str]:
         adb = shutil.which("adb")
         if adb is None:
-            raise TargetError("adb not found on PATH",
-                              "install Android platform-tools (apt install adb, or Google's SDK platform-tools)")
+            raise TargetError(
+                "adb not found on PATH",
+                "install Android platform-tools (apt install adb, or Google's SDK platform-tools)",
+            )
         return [adb, "-s", self.serial] if self.serial else [adb]
 
     def devices(self) -> list[str]:
@@ -44,19 +52,25 @@ class AdbTarget(Target):
         found = self.devices()
         if not found or (self.serial and self.serial not in found):
             which = f"device {self.serial}" if self.serial else "a device"
-            raise TargetError(f"{self.name}: adb does not see {which} (seen: {', '.join(found) or 'none'})",
-                              "connect it with USB debugging enabled and accept the prompt; see `adb devices`")
+            raise TargetError(
+                f"{self.name}: adb does not see {which} (seen: {', '.join(found) or 'none'})",
+                "connect it with USB debugging enabled and accept the prompt; see `adb devices`",
+            )
         if not self.serial and len(found) > 1:
-            raise TargetError(f"adb sees {len(found)} devices ({', '.join(found)})", "pick one: --target adb:SERIAL")
+            raise TargetError(
+                f"adb sees {len(found)} devices ({', '.join(found)})", "pick one: --target adb:SERIAL"
+            )
         super().check()
 
     def shell(self, command: str, timeout: float) -> str:
         """Run one device shell ``command`` (already quoted) and return its stdout."""
         proc = run_command([*self._adb(), "shell", command], timeout, f"{self.name} shell")
         if proc.returncode == 127 or "not found" in proc.stderr:
-            raise TargetError(f"{self.name}: {proc.stderr.strip()[:160] or 'command not found'}",
-                              f"install Python with numpy on the device (e.g. Termux) and pass its path "
-                              f"(now {self.remote_python!r})")
+            raise TargetError(
+                f"{self.name}: {proc.stderr.strip()[:160] or 'command not found'}",
+                f"install Python with numpy on the device (e.g. Termux) and pass its path "
+                f"(now {self.remote_python!r})",
+            )
         if proc.returncode != 0 and not proc.stdout.strip():
             raise self._crashed(proc.returncode, proc.stderr)
         return proc.stdout
@@ -64,11 +78,14 @@ class AdbTarget(Target):
     def _transfer(self, verb: str, args: list[str], timeout: float) -> None:
         proc = run_command([*self._adb(), verb, *args], timeout, f"adb {verb}")
         if proc.returncode != 0:
-            raise TargetError(f"{self.name}: adb {verb} failed ({proc.stderr.strip()[:160]})",
-                              "check free space in /data/local/tmp and that the device is still connected")
+            raise TargetError(
+                f"{self.name}: adb {verb} failed ({proc.stderr.strip()[:160]})",
+                "check free space in /data/local/tmp and that the device is still connected",
+            )
 
-    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
-                 timeout: float) -> str:
+    def _execute(
+        self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path, timeout: float
+    ) -> str:
         workdir = self.shell(f"mktemp -d {DEVICE_TMP}/edgekit.XXXXXX", 60.0).strip()
         if not workdir.startswith(f"{DEVICE_TMP}/edgekit."):
             raise TargetError(f"{self.name}: mktemp gave {workdir[:80]!r}", "the device needs toybox mktemp")

@@ -25,15 +25,21 @@ class LocalTarget(Target):
     def _env(self) -> dict[str, str]:
         return dict(os.environ)
 
-    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
-                 timeout: float) -> str:
+    def _execute(
+        self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path, timeout: float
+    ) -> str:
         # The working folder is the local temp folder itself: link the inputs in, nothing to copy back.
         for file in files:
             link = local_dir / file.name
             if not link.exists():
                 link.symlink_to(file.resolve())
-        proc = run_command([*self._command(), "runner.py", *argv], timeout, f"{self.name} runner",
-                           cwd=local_dir, env=self._env())
+        proc = run_command(
+            [*self._command(), "runner.py", *argv],
+            timeout,
+            f"{self.name} runner",
+            cwd=local_dir,
+            env=self._env(),
+        )
         if proc.returncode != 0 and not proc.stdout.strip():
             raise self._crashed(proc.returncode, proc.stderr)
         return proc.stdout

@@ -46,31 +46,42 @@ def host_cpu() -> str:
 class QemuTarget(LocalTarget):
     emulated = True
 
-    def __init__(self, name: str = "pi4-emu", rootfs: str | Path | None = None, timeout: float = 900.0) -> None:
+    def __init__(
+        self, name: str = "pi4-emu", rootfs: str | Path | None = None, timeout: float = 900.0
+    ) -> None:
         super().__init__(timeout=timeout)
         self.name = name
         self.cpu = CPUS[name]
         self.rootfs = Path(rootfs) if rootfs else rootfs_dir()
         self.expected_arch = "aarch64"
 
-    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
-                 timeout: float) -> str:
+    def _execute(
+        self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path, timeout: float
+    ) -> str:
         self._check_files()
         return super()._execute(files, argv, fetch, local_dir, timeout)
 
     def _check_files(self) -> None:
         if shutil.which(QEMU) is None:
-            raise TargetError(f"{self.name}: {QEMU} not found",
-                              "install it with `apt-get install qemu-user-static`, then run `make pi-rootfs`")
+            raise TargetError(
+                f"{self.name}: {QEMU} not found",
+                "install it with `apt-get install qemu-user-static`, then run `make pi-rootfs`",
+            )
         for need in (".edgekit-stamp", "usr/bin/python3", SITE, "proc/cpuinfo"):
             if not (self.rootfs / need).exists():
-                raise TargetError(f"{self.name}: the arm64 rootfs at {self.rootfs} is missing or incomplete",
-                                  "build it with `make pi-rootfs` (about 1-2 minutes, needs a Debian mirror)")
+                raise TargetError(
+                    f"{self.name}: the arm64 rootfs at {self.rootfs} is missing or incomplete",
+                    "build it with `make pi-rootfs` (about 1-2 minutes, needs a Debian mirror)",
+                )
 
     def _describe(self, machine: dict[str, Any]) -> dict[str, Any]:
         # The rootfs' cpuinfo is a Pi 4's for both models, and the core count is the host's.
-        return {**machine, "cpu": f"{self.cpu} (qemu user-mode on {host_cpu()})", "cores": None,
-                "emulated": True}
+        return {
+            **machine,
+            "cpu": f"{self.cpu} (qemu user-mode on {host_cpu()})",
+            "cores": None,
+            "emulated": True,
+        }
 
     def _command(self) -> list[str]:
         return [QEMU, "-cpu", self.cpu, "-L", str(self.rootfs), str(self.rootfs / "usr/bin/python3")]

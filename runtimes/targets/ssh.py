@@ -17,16 +17,39 @@ from edgekit.errors import TargetError, UsageError
 from runtimes.targets import Target, run_command
 
 # ssh's own failures (exit code 255), by the words it uses, -> a one-line message and a fix.
-_UNKNOWN_KEY = ("Host key verification failed", "No ED25519 host key is known", "host key is known",
-                "REMOTE HOST IDENTIFICATION HAS CHANGED")
-_UNREACHABLE = ("Connection refused", "Connection timed out", "timed out", "No route to host",
-                "Could not resolve hostname", "Network is unreachable", "Connection closed", "Connection reset")
+_UNKNOWN_KEY = (
+    "Host key verification failed",
+    "No ED25519 host key is known",
+    "host key is known",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+)
+_UNREACHABLE = (
+    "Connection refused",
+    "Connection timed out",
+    "timed out",
+    "No route to host",
+    "Could not resolve hostname",
+    "Network is unreachable",
+    "Connection closed",
+    "Connection reset",
+)
 
 
 class SshTarget(Target):
-    def __init__(self, host: str, user: str | None = None, port: int = 22, *, key_file: str | None = None,
-                 known_hosts: str | None = None, remote_python: str = "python3", ssh_options: list[str] | None = None,
-                 connect_timeout: int = 10, timeout: float = 600.0, arch: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        user: str | None = None,
+        port: int = 22,
+        *,
+        key_file: str | None = None,
+        known_hosts: str | None = None,
+        remote_python: str = "python3",
+        ssh_options: list[str] | None = None,
+        connect_timeout: int = 10,
+        timeout: float = 600.0,
+        arch: str | None = None,
+    ) -> None:
         self.host, self.user, self.port = host, user, port
         self.name = f"ssh://{user + '@' if user else ''}{host}{'' if port == 22 else f':{port}'}"
         self.key_file = key_file
@@ -52,9 +75,18 @@ class SshTarget(Target):
     # --- commands ------------------------------------------------------------------------------
 
     def _options(self) -> list[str]:
-        opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", "LogLevel=ERROR"]
+        opts = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "LogLevel=ERROR",
+        ]
         if self.key_file:
             opts += ["-i", str(Path(self.key_file).expanduser()), "-o", "IdentitiesOnly=yes"]
         return opts + self.extra
@@ -68,22 +100,30 @@ class SshTarget(Target):
 
     def ssh(self, command: str, timeout: float) -> str:
         """Run one remote shell ``command`` (already quoted); its stdout, or a TargetError."""
-        proc = run_command(["ssh", *self._options(), "-p", str(self.port), self._login(), command], timeout,
-                           f"ssh to {self.name}")
+        proc = run_command(
+            ["ssh", *self._options(), "-p", str(self.port), self._login(), command],
+            timeout,
+            f"ssh to {self.name}",
+        )
         if proc.returncode == 255:
             raise self._ssh_error(proc.stderr)
         if proc.returncode == 127:
             first = command.split()[0] if command.split() else command
-            raise TargetError(f"{self.name}: a command is missing on the host ({proc.stderr.strip()[:120] or first})",
-                              f"install Python 3 with numpy there (apt install python3-numpy), or pass the "
-                              f"remote Python's path (now {self.remote_python!r})")
+            raise TargetError(
+                f"{self.name}: a command is missing on the host ({proc.stderr.strip()[:120] or first})",
+                f"install Python 3 with numpy there (apt install python3-numpy), or pass the "
+                f"remote Python's path (now {self.remote_python!r})",
+            )
         if proc.returncode != 0 and not proc.stdout.strip():
             raise self._crashed(proc.returncode, proc.stderr)
         return proc.stdout
 
     def scp(self, sources: list[str], dest: str, timeout: float) -> None:
-        proc = run_command(["scp", "-q", *self._options(), "-P", str(self.port), *sources, dest], timeout,
-                           f"scp to/from {self.name}")
+        proc = run_command(
+            ["scp", "-q", *self._options(), "-P", str(self.port), *sources, dest],
+            timeout,
+            f"scp to/from {self.name}",
+        )
         if proc.returncode != 0:
             raise self._ssh_error(proc.stderr)
 
@@ -91,25 +131,33 @@ class SshTarget(Target):
         text = stderr.strip()
         last = (text.splitlines() or ["ssh failed"])[-1][:200]
         if any(word in text for word in _UNKNOWN_KEY):
-            return TargetError(f"{self.name}: the host key is not in {self.known_hosts} (or has changed)",
-                               f"check the fingerprint, then: ssh-keyscan -p {self.port} {self.host} >> "
-                               f"{self.known_hosts}")
+            return TargetError(
+                f"{self.name}: the host key is not in {self.known_hosts} (or has changed)",
+                f"check the fingerprint, then: ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}",
+            )
         if any(word in text for word in _UNREACHABLE):
-            return TargetError(f"{self.name}: cannot reach the host ({last}; ConnectTimeout={self.connect_timeout}s)",
-                               "check that the board is on, on the network, and runs sshd on that port")
+            return TargetError(
+                f"{self.name}: cannot reach the host ({last}; ConnectTimeout={self.connect_timeout}s)",
+                "check that the board is on, on the network, and runs sshd on that port",
+            )
         if "Permission denied" in text:
-            return TargetError(f"{self.name}: key authentication refused ({last})",
-                               "add your public key to ~/.ssh/authorized_keys on the host, or pass key_file")
+            return TargetError(
+                f"{self.name}: key authentication refused ({last})",
+                "add your public key to ~/.ssh/authorized_keys on the host, or pass key_file",
+            )
         return TargetError(f"{self.name}: ssh failed ({last})", "try `ssh -v` by hand with the same host")
 
     # --- the Target interface --------------------------------------------------------------------
 
-    def _execute(self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path,
-                 timeout: float) -> str:
+    def _execute(
+        self, files: list[Path], argv: list[str], fetch: str | None, local_dir: Path, timeout: float
+    ) -> str:
         quick = self.connect_timeout + 60.0
         workdir = self.ssh("mktemp -d /tmp/edgekit.XXXXXX", quick).strip()
         if not workdir.startswith("/tmp/edgekit."):
-            raise TargetError(f"{self.name}: mktemp gave {workdir[:80]!r}", "the host needs a POSIX shell and mktemp")
+            raise TargetError(
+                f"{self.name}: mktemp gave {workdir[:80]!r}", "the host needs a POSIX shell and mktemp"
+            )
         try:
             self.scp([str(f) for f in files], self._remote(workdir + "/"), timeout)
             command = " ".join(shlex.quote(a) for a in [self.remote_python, "runner.py", *argv])

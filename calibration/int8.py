@@ -1,0 +1,135 @@
+"""The int8 step of an export: one calibration set, both quantisers, verified, in the manifest.
+
+Called by the export pipeline with a staging folder that already holds the float files::
+
+    quantize_all(stage_dir, manifest, model, options)
+
+``options``: calib (None/'builtin' | folder | .npy | 'random'), calib_samples, calib_method,
+per_tensor, symmetric_activations, skip_bad_images, equalize, bias_correct, seed. Writes
+``model_int8.onnx`` / ``model_int8.tflite`` for the float formats present, their ``files`` entries
+(with input/output quantisation and verification figures) and ``manifest["calibration"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.preprocess import PreprocessSpec
+from calibration.ranges import DEFAULT_METHOD, METHODS
+from calibration.sources import calibration_set
+from edgekit.errors import UsageError
+from edgekit.manifest import file_entry
+
+
+def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options: dict[str, Any]) -> None:
+    """Write the int8 files of every float format in ``manifest["files"]`` (see module doc)."""
+    stage_dir = Path(stage_dir)
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    method = options.get("calib_method") or DEFAULT_METHOD
+    if method not in METHODS:
+        raise UsageError(f"unknown calibration method {method!r}", f"use one of {', '.join(METHODS)}")
+    per_channel = not options.get("per_tensor", False)
+    symmetric = bool(options.get("symmetric_activations", False))
+    seed = int(options.get("seed") or 0)
+    calib = calibration_set(options.get("calib"), spec, options.get("calib_samples"), seed,
+                            bool(options.get("skip_bad_images", False)))
+    model, remedies = apply_remedies(model, calib.tensors, options, per_channel)
+    files = manifest["files"]
+    record: dict[str, Any] = {
+        "source": calib.source, "samples": len(calib.tensors), "method": method, "per_channel": per_channel,
+        "symmetric_activations": symmetric, "seed": seed, "detail": calib.detail, "remedies": remedies,
+        "activation_ranges": {},
+    }
+    checks = _verification_inputs(model, spec)
+    if "onnx-fp32" in files:
+        ranges = _onnx(stage_dir, files, model, calib.tensors, method, per_channel, symmetric, remedies, checks)
+        record["activation_ranges"]["onnx"] = ranges
+    if "tflite-fp32" in files:
+        ranges = _tflite(stage_dir, files, model, calib.tensors, method, per_channel, symmetric, checks)
+        record["activation_ranges"]["tflite"] = ranges
+    manifest["calibration"] = record
+
+
+def apply_remedies(model: Any, tensors: np.ndarray, options: dict[str, Any],
+                   per_channel: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """Cross-layer equalisation and bias correction on a copy of the float model, when asked."""
+    if not (options.get("equalize") or options.get("bias_correct")):
+        return model, []
+    try:
+        from calibration import equalize
+    except ImportError as exc:
+        raise UsageError("--equalize / --bias-correct are not available yet", "export without them") from exc
+    model = copy.deepcopy(model).eval()
+    remedies = []
+    if options.get("equalize"):
+        remedies.append({"name": "cross_layer_equalize", **equalize.cross_layer_equalize(model)})
+    if options.get("bias_correct"):
+        equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
+        batches = [tensors[i:i + 16] for i in range(0, len(tensors), 16)]
+        report = equalize.bias_correct(model, batches, weight_bits=8, per_channel=per_channel)
+        remedies.append({"name": "bias_correct", **report})
+    return model, remedies
+
+
+def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str, per_channel: bool,
+          symmetric: bool, remedies: list[dict[str, Any]], checks: dict[str, Any]) -> dict[str, list[float]]:
+    from calibration import onnx_int8
+
+    src = stage / files["onnx-fp32"]["path"]
+    with tempfile.TemporaryDirectory(prefix="edgekit-remedied-") as tmp:
+        if remedies:  # the float graph changed: quantise a fresh export of the remedied model
+            import torch
+
+            from exporters import onnx as onnx_exporter
+
+            src = Path(tmp) / "remedied.onnx"
+            onnx_exporter.export(model, torch.from_numpy(tensors[:1]), src)
+        info = onnx_int8.quantize_onnx(src, stage / "model_int8.onnx", tensors, method=method,
+                                       per_channel=per_channel, symmetric_activations=symmetric)
+    path = stage / "model_int8.onnx"
+    inp, out = onnx_int8.io_quantisation(path)
+    files["onnx-int8"] = file_entry(
+        stage, "model_int8.onnx", format="onnx-int8", precision="int8", layout="NCHW", input=inp, output=out,
+        quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges",
+        fused_ops=onnx_int8.fused_ops(path), verification=_verify(path, "onnx-int8", "NCHW", checks),
+    )
+    return _rounded(info["activation_ranges"])
+
+
+def _tflite(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str, per_channel: bool,
+            symmetric: bool, checks: dict[str, Any]) -> dict[str, list[float]]:
+    from calibration import tflite_int8
+
+    path = stage / "model_int8.tflite"
+    info = tflite_int8.quantize_tflite(model, path, tensors, method=method, per_channel=per_channel,
+                                       symmetric_activations=symmetric)
+    inp, out = tflite_int8.io_quantisation(path)
+    files["tflite-int8"] = file_entry(
+        stage, "model_int8.tflite", format="tflite-int8", precision="int8", layout="NHWC", input=inp, output=out,
+        quantizer="litert-torch PT2E (full integer) with edgekit range observers",
+        verification=_verify(path, "tflite-int8", "NHWC", checks),
+    )
+    return _rounded(info["activation_ranges"])
+
+
+def _verification_inputs(model: Any, spec: PreprocessSpec) -> dict[str, Any]:
+    from edgekit import verify
+
+    inputs = verify.reference_inputs(spec)
+    return {"inputs": inputs, "references": {k: verify.torch_logits(model, v) for k, v in inputs.items()}}
+
+
+def _verify(path: Path, fmt: str, layout: str, checks: dict[str, Any]) -> dict[str, Any]:
+    """int8 vs the PyTorch float model: figures recorded, no gate (the eval step judges accuracy)."""
+    from edgekit import verify
+
+    return verify.verify_file(path, fmt, "int8", layout, checks["inputs"], checks["references"])
+
+
+def _rounded(ranges: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    return {name: [round(float(lo), 6), round(float(hi), 6)] for name, (lo, hi) in ranges.items()}

@@ -1,0 +1,98 @@
+"""TFLite full-integer int8 through litert-torch's PT2E route (int8 weights, activations and I/O).
+
+Why PT2E and not ai-edge-quantizer on the float .tflite: PT2E quantises the PyTorch graph the
+float file came from, with the calibration tensors run through PyTorch (fast, batched), and
+litert-torch lowers the result to int8 kernels with INT8 input/output. The activation observers
+are :func:`calibration.ranges.range_observer` — the same range estimators as the ONNX file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.ranges import DEFAULT_METHOD
+from edgekit.errors import ExportError
+
+
+def quantization_config(per_channel: bool, symmetric_activations: bool, method: str) -> Any:
+    """litert-torch's int8 config with our range observer on the activations."""
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+
+    from calibration.ranges import range_observer
+
+    config = get_symmetric_quantization_config(is_per_channel=per_channel)
+    act = dataclasses.replace(
+        config.input_activation,
+        qscheme=torch.per_tensor_symmetric if symmetric_activations else torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=range_observer(method).with_args(eps=2**-12),
+    )
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def channel_last(module: Any) -> Any:
+    """The float export's NHWC wrapper, so the int8 file takes the same layout as the fp32 one."""
+    import litert_torch
+
+    return litert_torch.to_channel_last_io(module, args=[0]).eval()
+
+
+def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str = DEFAULT_METHOD,
+                    per_channel: bool = True, symmetric_activations: bool = False,
+                    batch: int = 16) -> dict[str, Any]:
+    """Calibrate ``module`` on ``tensors`` (NCHW float32) and write an int8 NHWC .tflite at ``dst``."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    nhwc = torch.from_numpy(np.ascontiguousarray(tensors.transpose(0, 2, 3, 1)))
+    sample = (nhwc[:1],)
+    config = quantization_config(per_channel, symmetric_activations, method)
+    quantizer = PT2EQuantizer().set_global(config)
+    try:
+        litert_torch.config.show_progress = False
+        graph = torch.export.export(channel_last(module), sample).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for i in range(0, len(nhwc), batch):
+                prepared(nhwc[i:i + batch])
+        ranges = observed_ranges(prepared)
+        converted = convert_pt2e(prepared, fold_quantize=False)
+        litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
+    except Exception as exc:  # converter errors are plain exceptions; one line naming the step
+        raise ExportError(f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
+                          "try --per-tensor or --formats onnx; report the failing op") from exc
+    return {"activation_ranges": ranges}
+
+
+def observed_ranges(prepared: Any) -> dict[str, tuple[float, float]]:
+    """The clipping range each activation observer picked, keyed by the observer's node name."""
+    from calibration.ranges import select_range
+
+    ranges = {}
+    for name, mod in prepared.named_modules():
+        if hasattr(mod, "range_method") and mod.histogram.sum() > 0:
+            symmetric = "symmetric" in str(mod.qscheme)
+            ranges[name] = select_range(mod.histogram.double().numpy(), mod.min_val.item(), mod.max_val.item(),
+                                        mod.range_method, mod.quant_max - mod.quant_min + 1, symmetric)
+    return ranges
+
+
+def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Input/output name, shape, dtype, scale and zero-point of the int8 file, for the manifest."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+
+    def describe(d: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = d["quantization"]
+        return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zero)}
+
+    return describe(interp.get_input_details()[0]), describe(interp.get_output_details()[0])

@@ -1,0 +1,437 @@
+"""Latency harness: every (format, runtime, threads) of an artifact folder or one model file.
+
+How a figure is measured (also written into every result's ``measured`` field):
+- input: one seeded random batch of 1 in the file's layout and dtype, converted once by the
+  session's ``prepare`` (int8 inputs quantised with the file's scale/zero point) outside the timing;
+- warm-up: ``--warmup N`` runs, or windows of 10 runs until two consecutive window medians agree
+  within 2% (at most 20 windows / 10 s);
+- timed runs: ``--runs N``, or as many as fit in ``--min-time`` seconds (at least 10); each run is
+  one ``invoke`` timed with ``time.perf_counter_ns``; CV = std/mean (population std) of those runs,
+  a result with CV > 10% is flagged ``unstable``;
+- memory: peak RSS growth during load + warm-up + runs (Linux VmHWM, reset through
+  /proc/self/clear_refs before loading, minus VmRSS before loading), in this process;
+- efficiency: manifest MACs / p50 against the host's peak GEMM rate measured now
+  (:mod:`edgekit.machine`) at the same thread count, float32 or int8.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import machine
+from edgekit.errors import ArtifactError, EdgekitError, UsageError
+from edgekit.manifest import MANIFEST, read_manifest, record_result, write_json
+
+CV_LIMIT = 0.10
+SETTLE = 0.02
+WINDOW = 10
+MAX_WINDOWS = 20
+MAX_WARMUP_S = 10.0
+MIN_RUNS = 10
+MAX_RUNS = 100_000
+SEED = 0
+PROFILE_RUNS = 50
+
+
+@dataclass
+class Job:
+    """One file to benchmark with one runtime."""
+
+    fmt: str
+    path: Path
+    runtime: str
+    entry: dict[str, Any] = field(default_factory=dict)  # the manifest's files[fmt]
+    macs: int | None = None
+
+
+def bench(
+    path: str | os.PathLike[str],
+    runtimes: list[str] | None = None,
+    threads: list[int] | None = None,
+    warmup: int | None = None,
+    runs: int | None = None,
+    min_time: float = 1.0,
+    target: str = "local",
+    no_xnnpack: bool = False,
+    profile: bool = False,
+    out_file: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Benchmark an artifact folder (every file x every runtime that loads it) or one model file."""
+    threads = threads or [1]
+    _check_options(threads, warmup, runs, min_time)
+    folder, jobs, skipped = plan(path, runtimes)
+    results = []
+    for job in jobs:
+        for n in threads:
+            try:
+                if target == "local":
+                    results.append(measure(job, n, warmup, runs, min_time, not no_xnnpack, profile))
+                else:
+                    results.append(measure_remote(job, n, target, warmup, runs, not no_xnnpack))
+            except _LoadError as exc:
+                skipped.append({"runtime": job.runtime, "format": job.fmt, "reason": str(exc)})
+                break
+    report = {
+        "machine": machine.facts(),
+        "target": target,
+        "method": method(),
+        "results": results,
+        "skipped": skipped,
+    }
+    if out_file:
+        write_json(out_file, report)
+    if folder is not None:
+        record_result(folder, "bench", _without_raw(report))
+    return report
+
+
+def _check_options(threads: list[int], warmup: int | None, runs: int | None, min_time: float) -> None:
+    if any(t < 1 for t in threads):
+        raise UsageError(f"--threads must be >= 1, got {threads}", "e.g. --threads 1,2")
+    if warmup is not None and warmup < 0:
+        raise UsageError(
+            f"--warmup must be >= 0, got {warmup}", "omit it to warm up until the median settles"
+        )
+    if runs is not None and runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {runs}", "omit it to run for --min-time seconds")
+    if min_time < 0:
+        raise UsageError(f"--min-time must be >= 0, got {min_time}", "e.g. --min-time 1")
+
+
+def method() -> dict[str, str]:
+    return {
+        "latency": "one invoke per run, batch 1, input prepared outside the timing; time.perf_counter_ns",
+        "warmup": f"--warmup N, or {WINDOW}-run windows until consecutive medians agree within "
+        f"{SETTLE:.0%} (max {MAX_WINDOWS} windows)",
+        "runs": f"--runs N, or enough for --min-time seconds (at least {MIN_RUNS})",
+        "cv": f"std/mean of the timed runs (population std); unstable when > {CV_LIMIT:.0%}",
+        "throughput": "1000 / mean_ms: single stream, batch 1",
+        "memory": "peak RSS growth during load+warm-up+runs: VmHWM (reset via /proc/self/clear_refs) minus "
+        "VmRSS before load, same process",
+        "efficiency": "manifest MACs / p50, over the peak GEMM rate timed in ONNX Runtime in this run "
+        "(float32 MatMul or uint8 x int8 MatMulInteger, same threads)",
+    }
+
+
+# --- what to run -------------------------------------------------------------------------------
+
+
+def plan(path: str | os.PathLike[str], wanted: list[str] | None) -> tuple[Path | None, list[Job], list[dict]]:
+    """(artifact folder or None, jobs, skipped): each file with each available runtime that loads it."""
+    from runtimes import get_runtime, runtime_names, runtimes_for_file
+
+    path = Path(path)
+    names = [get_runtime(w).name for w in wanted or []]  # an unknown name is a usage error, not a skip
+    folder, files, macs = _files(path)
+    jobs, skipped, used = [], [], set()
+    for fmt, (file, entry) in files.items():
+        for name in runtimes_for_file(file):
+            if names and name not in names:
+                continue
+            used.add(name)
+            ok, reason = get_runtime(name).available()
+            if ok:
+                jobs.append(Job(fmt, file, name, entry, macs))
+            else:
+                skipped.append({"runtime": name, "format": fmt, "reason": reason})
+    for name in names:
+        if name not in used:
+            skipped.append({"runtime": name, "format": None, "reason": f"no file here that {name} loads"})
+    if not jobs and not skipped:
+        raise ArtifactError(f"nothing to benchmark in {path}", f"runtimes: {', '.join(runtime_names())}")
+    return folder, jobs, skipped
+
+
+def _files(path: Path) -> tuple[Path | None, dict[str, tuple[Path, dict]], int | None]:
+    if path.is_dir():
+        manifest = read_manifest(path)
+        files = {fmt: (path / e["path"], e) for fmt, e in manifest["files"].items()}
+        return path, files, manifest.get("model", {}).get("macs")
+    if not path.is_file():
+        raise UsageError(f"{path} is neither an artifact folder nor a model file", "pass a folder or a file")
+    manifest = read_manifest(path.parent, check_hashes=False) if (path.parent / MANIFEST).is_file() else {}
+    for fmt, entry in manifest.get("files", {}).items():
+        if entry["path"] == path.name:
+            return None, {fmt: (path, entry)}, manifest.get("model", {}).get("macs")
+    return None, {format_of(path): (path, {})}, None
+
+
+def format_of(path: Path) -> str:
+    """The format name of a file outside a manifest, from its suffix and name."""
+    name = path.name.lower()
+    if name.endswith(".pt2"):
+        return "torch"
+    precision = "int8" if "int8" in name else "fp16" if "fp16" in name else "fp32"
+    if name.endswith(".onnx"):
+        return f"onnx-{'int8' if precision == 'int8' else 'fp32'}"
+    if name.endswith(".tflite"):
+        return f"tflite-{precision}"
+    raise UsageError(f"unknown model file type: {path.name}", "expected .onnx, .tflite or .pt2")
+
+
+def precision_of(job: Job) -> str:
+    return job.entry.get("precision") or ("int8" if job.fmt.endswith("int8") else "fp32")
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+class _LoadError(EdgekitError):
+    """The runtime could not load this file: reported as skipped, not fatal."""
+
+
+def measure(
+    job: Job,
+    threads: int,
+    warmup: int | None,
+    runs: int | None,
+    min_time: float,
+    xnnpack: bool = True,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """One configuration, in this process: load, warm up, time, and the numbers around it."""
+    from runtimes import get_runtime
+
+    opts = {"xnnpack": xnnpack} if job.runtime == "litert" else {}
+    gc.collect()
+    tracked = _reset_peak_rss()
+    rss_before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    try:
+        sess = get_runtime(job.runtime).load(job.path, threads=threads, **opts)
+    except Exception as exc:  # a file the engine rejects is a skip with its reason, not a crash
+        raise _LoadError(f"{job.runtime} cannot load {job.path.name}: {type(exc).__name__}: {exc}") from exc
+    load_ms = (time.perf_counter() - start) * 1e3
+    native = sess.prepare(bench_input(sess, job))
+    first_ms = _time(sess, native, 1)[0]
+    warmed = _warm_up(sess, native, warmup)
+    latencies = _timed_runs(sess, native, runs, min_time)
+    rss_delta = (_status_kb("VmHWM") - rss_before) / 1024 if tracked and rss_before else None
+    desc = sess.describe()
+    result = _result(job, threads, latencies, warmed, first_ms, desc)
+    result.update(load_ms=round(load_ms, 3), rss_delta_mb=None if rss_delta is None else round(rss_delta, 2))
+    if profile:
+        result["profile"] = _profile(job, threads, native, xnnpack)
+    del sess
+    return result
+
+
+def measure_remote(
+    job: Job, threads: int, target: str, warmup: int | None, runs: int | None, xnnpack: bool = True
+) -> dict[str, Any]:
+    """One configuration on a target (emulated Pi, SSH, adb) through the standalone runner."""
+    from runtimes.targets import get_target
+
+    raw = get_target(target).bench(
+        job.path,
+        job.runtime,
+        threads=threads,
+        warmup=3 if warmup is None else warmup,
+        runs=runs or 30,
+        layout=job.entry.get("layout"),
+        no_xnnpack=not xnnpack,
+    )
+    raw = raw[0] if isinstance(raw, list) else raw
+    desc = {
+        "runtime": job.runtime,
+        "version": raw.get("engine_version"),
+        "delegate": "XNNPACK" if raw.get("xnnpack") else None,
+        "input": raw.get("input", {}),
+    }
+    result = _result(
+        job,
+        threads,
+        raw["latencies_ms"],
+        raw.get("warmup", 0),
+        raw.get("first_ms"),
+        desc,
+        target=raw.get("target", target),
+        emulated=bool(raw.get("emulated")),
+        remote=raw,
+    )
+    result.update(load_ms=raw.get("load_ms"), rss_delta_mb=None)
+    return result
+
+
+def bench_input(sess: Any, job: Job) -> np.ndarray:
+    """A seeded standard-normal float32 batch of 1 in the session's layout."""
+    shape = list(sess.input.get("shape") or [])
+    if not shape or any(d is None for d in shape[1:]):
+        shape = list(job.entry.get("input", {}).get("shape") or [])
+    if not shape or any(d is None for d in shape[1:]):
+        raise ArtifactError(f"{job.path.name}: input shape unknown", "re-export with a static input shape")
+    shape[0] = 1
+    return np.random.default_rng(SEED).standard_normal(shape, dtype=np.float32)
+
+
+def _time(sess: Any, native: Any, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        sess.invoke(native)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def _warm_up(sess: Any, native: Any, warmup: int | None) -> int:
+    """Run until the median settles (or exactly ``warmup`` runs); returns the runs used."""
+    if warmup is not None:
+        _time(sess, native, warmup)
+        return warmup
+    done, previous, start = 0, None, time.perf_counter()
+    for _ in range(MAX_WINDOWS):
+        median = statistics.median(_time(sess, native, WINDOW))
+        done += WINDOW
+        if previous is not None and abs(median - previous) <= SETTLE * previous:
+            break
+        if time.perf_counter() - start > MAX_WARMUP_S:
+            break
+        previous = median
+    return done
+
+
+def _timed_runs(sess: Any, native: Any, runs: int | None, min_time: float) -> list[float]:
+    if runs is not None:
+        return _time(sess, native, runs)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while len(latencies) < MIN_RUNS or (time.perf_counter() - start < min_time and len(latencies) < MAX_RUNS):
+        latencies += _time(sess, native, 1)
+    return latencies
+
+
+def latency_stats(latencies_ms: list[float]) -> dict[str, Any]:
+    """Percentiles (linear interpolation), mean, population std, CV and the stability flag."""
+    a = np.asarray(latencies_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    mean, std = float(a.mean()), float(a.std())
+    cv = std / mean if mean > 0 else 0.0
+    stats = {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": mean,
+        "std_ms": std,
+        "min_ms": float(a.min()),
+        "max_ms": float(a.max()),
+    }
+    stats = {k: round(float(v), 4) for k, v in stats.items()}
+    return {**stats, "cv": round(cv, 4), "unstable": cv > CV_LIMIT, "runs": len(a)}
+
+
+def _result(
+    job: Job,
+    threads: int,
+    latencies: list[float],
+    warmup: int,
+    first_ms: float | None,
+    desc: dict[str, Any],
+    target: str = "local",
+    emulated: bool = False,
+    remote: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    stats = latency_stats(latencies)
+    precision = precision_of(job)
+    result: dict[str, Any] = {
+        "format": job.fmt,
+        "runtime": job.runtime,
+        "target": target,
+        "threads": threads,
+        "file": job.path.name,
+        "precision": precision,
+        **stats,
+        "warmup": warmup,
+        "first_ms": None if first_ms is None else round(first_ms, 4),
+        "throughput": round(1000.0 / stats["mean_ms"], 2) if stats["mean_ms"] else None,
+        "size_bytes": job.path.stat().st_size,
+        "macs": job.macs,
+        "runtime_version": desc.get("version"),
+        "provider": desc.get("provider") or desc.get("delegate") or "builtin kernels",
+        "input_dtype": (desc.get("input") or {}).get("dtype"),
+        "emulated": emulated,
+    }
+    if stats["unstable"]:
+        result["note"] = (
+            f"unstable: CV {stats['cv']:.0%} > {CV_LIMIT:.0%} (a busy or throttling host); "
+            "re-run with more --min-time or on an idle machine"
+        )
+    result.update(_efficiency(job.macs, stats["p50_ms"], precision, threads, local=remote is None))
+    result["measured"] = _measured_note(result)
+    result["latencies_ms"] = [round(t, 4) for t in latencies]
+    return result
+
+
+def _efficiency(macs: int | None, p50_ms: float, precision: str, threads: int, local: bool) -> dict[str, Any]:
+    """Achieved GMAC/s and its fraction of this host's peak (only for local runs: the peak is this host's)."""
+    if not macs or not p50_ms:
+        return {"gmacs_per_s": None, "peak_gmacs_per_s": None, "efficiency": None}
+    achieved = macs / (p50_ms / 1e3) / 1e9
+    if not local:
+        return {"gmacs_per_s": round(achieved, 3), "peak_gmacs_per_s": None, "efficiency": None}
+    kind = "int8" if precision == "int8" else "fp32"
+    peak = machine.peak_gmacs(kind, threads)
+    return {
+        "gmacs_per_s": round(achieved, 3),
+        "peak_gmacs_per_s": round(peak, 2),
+        "peak_kind": kind,
+        "efficiency": round(achieved / peak, 4),
+    }
+
+
+def _measured_note(r: dict[str, Any]) -> str:
+    where = f"{r['target']} ({'emulated' if r['emulated'] else 'real'})"
+    return (
+        f"{r['runtime']} {r['runtime_version']} [{r['provider']}], {r['threads']} thread(s), "
+        f"{r['runs']} runs after {r['warmup']} warm-up, batch 1, {where}"
+    )
+
+
+def _profile(job: Job, threads: int, native: Any, xnnpack: bool) -> dict[str, Any] | None:
+    from edgekit import profiling
+
+    if job.runtime == "onnxruntime":
+        return profiling.profile_ort(
+            job.path, threads, native, runs=PROFILE_RUNS, precision=precision_of(job)
+        )
+    if job.runtime == "litert":
+        return profiling.profile_litert(job.path, threads, native, runs=PROFILE_RUNS, xnnpack=xnnpack)
+    return None
+
+
+def _without_raw(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest keeps the statistics; the raw per-run latencies stay in --out / --json."""
+    return {
+        **report,
+        "results": [{k: v for k, v in r.items() if k != "latencies_ms"} for r in report["results"]],
+    }
+
+
+# --- memory (Linux /proc; None elsewhere) ------------------------------------------------------
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        return False
+    return True
+
+
+def _status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,110 @@
+"""`make bench`: export every zoo network, benchmark float32 and int8 in ONNX Runtime and LiteRT.
+
+    python -m edgekit.benchzoo --out bench [--models a,b] [--resolution 64] [--threads 1,2]
+
+Writes ``OUT/results.json`` (every bench result, machine included) and ``OUT/README.md`` (one
+table; every figure labelled with runtime, threads, runs and real/emulated). Slow on a small host.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgekit import bench
+from edgekit.manifest import write_json, write_text
+
+FORMATS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
+
+
+def run(
+    out: str | Path,
+    models: list[str] | None = None,
+    resolution: int | None = None,
+    threads: list[int] | None = None,
+    min_time: float = 1.0,
+    calib_samples: int = 16,
+) -> dict[str, Any]:
+    """Export + bench each model; a model that fails is recorded with its error and the run goes on."""
+    from edgekit import pipeline
+    from edgekit.errors import EdgekitError
+    from edgekit.zoo import list_models
+
+    out = Path(out)
+    rows, failed, machine = [], [], None
+    for name in models or list_models():
+        folder = out / "artifacts" / name
+        try:
+            pipeline.export(
+                name,
+                out_dir=folder,
+                formats=["onnx", "tflite"],
+                int8=True,
+                resolution=resolution,
+                calib_samples=calib_samples,
+            )
+            result = bench.bench(
+                folder, runtimes=["onnxruntime", "litert"], threads=threads or [1, 2], min_time=min_time
+            )
+        except EdgekitError as exc:
+            failed.append({"model": name, "error": str(exc)})
+            continue
+        machine = result["machine"]
+        rows += [
+            {"model": name, **{k: v for k, v in r.items() if k != "latencies_ms"}} for r in result["results"]
+        ]
+    summary = {"machine": machine, "method": bench.method(), "results": rows, "failed": failed}
+    write_json(out / "results.json", summary)
+    write_text(out / "README.md", readme(summary))
+    return summary
+
+
+def readme(summary: dict[str, Any]) -> str:
+    lines = [
+        "# Zoo benchmark",
+        "",
+        "p50 / p99 latency in ms per inference (batch 1) on this host, real hardware (not emulated); "
+        "int8/fp32 = int8 p50 over float32 p50 of the same runtime and threads (>1: int8 is slower).",
+        "",
+        "| model | runtime | threads | " + " | ".join(f"{f} p50 (p99)" for f in FORMATS) + " | int8/fp32 |",
+        "|---|---|---:|" + "---:|" * (len(FORMATS) + 1),
+    ]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in summary["results"]:
+        groups.setdefault((r["model"], r["runtime"], r["threads"]), {})[r["format"]] = r
+    for (model, runtime, threads), by_fmt in groups.items():
+        cells = [
+            f"{by_fmt[f]['p50_ms']:.3f} ({by_fmt[f]['p99_ms']:.3f})" if f in by_fmt else "" for f in FORMATS
+        ]
+        fp32 = by_fmt.get(f"{'onnx' if runtime == 'onnxruntime' else 'tflite'}-fp32")
+        int8 = by_fmt.get(f"{'onnx' if runtime == 'onnxruntime' else 'tflite'}-int8")
+        ratio = f"{int8['p50_ms'] / fp32['p50_ms']:.2f}" if fp32 and int8 else ""
+        lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+    notes = {r["measured"] for r in summary["results"]}
+    lines += ["", "Measured (per row: runtime version, threads, runs, warm-up, target):", ""]
+    lines += [f"- {n}" for n in sorted(notes)]
+    lines += ["", "Method: " + "; ".join(f"{k}: {v}" for k, v in summary["method"].items()) + "."]
+    if summary.get("machine"):
+        m = summary["machine"]
+        lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['features'])}, {m['os']}."]
+    lines += [f"- failed: {f['model']}: {f['error']}" for f in summary["failed"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench")
+    parser.add_argument("--models", help="comma list (default: the whole zoo)")
+    parser.add_argument("--resolution", type=int, help="input side (default: each model's own)")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--min-time", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    summary = run(args.out, models, args.resolution, [int(t) for t in args.threads.split(",")], args.min_time)
+    done, failed = len(summary["results"]), len(summary["failed"])
+    print(f"wrote {Path(args.out) / 'README.md'}: {done} results, {failed} failed")
+
+
+if __name__ == "__main__":
+    main()

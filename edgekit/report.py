@@ -1,0 +1,315 @@
+"""report.md (+ report.html) for an artifact folder: reads the manifest and results, computes nothing.
+
+Every figure carries how it was measured (runtime, threads, runs, emulated or real), copied from
+the result that produced it. Plots are PNGs made with matplotlib's Agg backend beside the report.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import os
+from pathlib import Path
+from typing import Any
+
+from edgekit.manifest import read_manifest, write_text
+
+PLOT_LATENCY = "report_latency.png"
+PLOT_ACCURACY = "report_latency_accuracy.png"
+PLOT_OPS = "report_op_share.png"
+
+
+def write_report(artifact_dir: str | os.PathLike[str], html: bool = False) -> Path:
+    """Write ``report.md`` (and ``report.html``) into the folder; returns the Markdown path."""
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder, check_hashes=False)
+    results = manifest.get("results", {})
+    bench = results.get("bench") or {}
+    plots = _plots(folder, bench, results.get("eval"))
+    text = "\n".join(_sections(manifest, bench, results.get("eval"), plots)) + "\n"
+    path = write_text(folder / "report.md", text)
+    if html:
+        write_text(folder / "report.html", to_html(text, manifest.get("model", {}).get("name", folder.name)))
+    return path
+
+
+def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str]) -> list[str]:
+    model = manifest.get("model", {})
+    lines = [f"# {model.get('name', 'model')}", ""]
+    lines += [f"- {k}: {v}" for k, v in model.items() if not isinstance(v, dict | list)]
+    lines += [
+        "",
+        "## Files",
+        "",
+        "| format | file | size (bytes) | precision | layout | sha256 |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for fmt, e in manifest.get("files", {}).items():
+        lines.append(
+            f"| {fmt} | {e['path']} | {e['size']:,} | {e.get('precision', '')} | {e.get('layout', '')} "
+            f"| `{e['sha256'][:12]}` |"
+        )
+    lines += [
+        "",
+        *_verification(manifest),
+        *_accuracy(evaluation, plots),
+        *_latency(bench, plots),
+        *_profile(bench, plots),
+        *_machine(bench),
+    ]
+    return lines
+
+
+def _verification(manifest: dict) -> list[str]:
+    rows = [(fmt, e["verification"]) for fmt, e in manifest.get("files", {}).items() if "verification" in e]
+    rows += [
+        (fmt, v)
+        for fmt, v in (manifest.get("results", {}).get("verification") or {}).items()
+        if isinstance(v, dict)
+    ]
+    if not rows:
+        return ["## Verification", "", "No verification recorded.", ""]
+    lines = ["## Verification against PyTorch", ""]
+    for fmt, v in rows:
+        shown = ", ".join(f"{k}={v[k]}" for k in v if k != "measured" and not isinstance(v[k], dict | list))
+        lines.append(f"- **{fmt}**: {shown}" + (f" — measured: {v['measured']}" if v.get("measured") else ""))
+    return [*lines, ""]
+
+
+def _accuracy(evaluation: Any, plots: dict[str, str]) -> list[str]:
+    if not evaluation:
+        return ["## Accuracy", "", "Not evaluated (run `edgekit eval DIR`).", ""]
+    rows = evaluation.get("results", []) if isinstance(evaluation, dict) else evaluation
+    lines = ["## Accuracy", ""]
+    if isinstance(evaluation, dict):
+        lines += [
+            f"- {k}: {v}" for k, v in evaluation.items() if k != "results" and not isinstance(v, dict | list)
+        ]
+        lines.append("")
+    if rows:
+        keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
+        lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    if PLOT_ACCURACY in plots.values():
+        lines += [
+            "",
+            f"![latency vs accuracy drop]({PLOT_ACCURACY})",
+            "",
+            "*p50 latency (x, from the Latency table's runs) against the top-1 drop vs PyTorch float.*",
+        ]
+    return [*lines, ""]
+
+
+def _latency(bench: dict, plots: dict[str, str]) -> list[str]:
+    results = bench.get("results") or []
+    if not results:
+        return ["## Latency", "", "Not benchmarked (run `edgekit bench DIR`).", ""]
+    lines = [
+        "## Latency",
+        "",
+        "| format | runtime | threads | p50 ms | p90 ms | p99 ms | CV | GMAC/s | efficiency | RSS MB "
+        "| measured |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        cv = f"{r['cv']:.1%}" + (" (unstable)" if r.get("unstable") else "")
+        eff = "" if r.get("efficiency") is None else f"{r['efficiency']:.1%}"
+        lines.append(
+            f"| {r['format']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} "
+            f"| {r['p99_ms']:.3f} | {cv} | {_fmt(r.get('gmacs_per_s'))} | {eff} | "
+            f"{_fmt(r.get('rss_delta_mb'))} | {r['measured']} |"
+        )
+    method = bench.get("method", {})
+    lines += ["", "How measured: " + "; ".join(f"{k}: {v}" for k, v in method.items()) + "."]
+    for s in bench.get("skipped", []):
+        lines.append(f"- skipped {s['runtime']} ({s['format'] or 'any format'}): {s['reason']}")
+    if PLOT_LATENCY in plots.values():
+        lines += [
+            "",
+            f"![latency per format and runtime]({PLOT_LATENCY})",
+            "",
+            "*Bars: p50; whiskers: p50 to p99; same runs as the table (runtime, threads, runs in the "
+            "measured column).*",
+        ]
+    return [*lines, ""]
+
+
+def _profile(bench: dict, plots: dict[str, str]) -> list[str]:
+    profiled = [r for r in bench.get("results") or [] if r.get("profile")]
+    if not profiled:
+        return []
+    lines = ["## Where the time goes", ""]
+    for r in profiled:
+        p = r["profile"]
+        head = f"**{r['format']} / {r['runtime']}, {r['threads']} thread(s)** — {p['source']}"
+        lines.append(head)
+        if p.get("share"):
+            lines.append("  - time share: " + ", ".join(f"{c} {s:.0%}" for c, s in p["share"].items()))
+        if "p50_ms_xnnpack" in p:
+            lines.append(
+                f"  - whole graph p50: {p['p50_ms_xnnpack']} ms with XNNPACK, {p['p50_ms_builtin']} ms "
+                f"with the builtin kernels; {p['delegated_ops']}/{p['total_ops']} ops delegated"
+            )
+        for s in p.get("slow_path", []):
+            ms = "" if s.get("ms") is None else f", {s['ms']} ms per run"
+            lines.append(f"  - off the fast path: {s['op']} x{s['count']}{ms} — {s['why']}")
+        lines.append("")
+    if PLOT_OPS in plots.values():
+        lines += [
+            "",
+            f"![op-type time share]({PLOT_OPS})",
+            "",
+            "*ONNX Runtime profiler, per-node median over the profiled runs (LiteRT has no per-op timer).*",
+        ]
+    return [*lines, ""]
+
+
+def _machine(bench: dict) -> list[str]:
+    m = bench.get("machine")
+    if not m:
+        return []
+    versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
+    return [
+        "## Machine",
+        "",
+        f"- {m['cpu']} ({m['arch']}), {m['cores']} cores, features: {' '.join(m.get('features', []))}",
+        f"- {m['os']}, Python {m['python']}",
+        f"- {versions}",
+        f"- target: {bench.get('target', 'local')}",
+        "",
+    ]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _plots(folder: Path, bench: dict, evaluation: Any) -> dict[str, str]:
+    results = bench.get("results") or []
+    if not results:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = {"latency": _plot_latency(plt, folder, results)}
+    if any((r.get("profile") or {}).get("share") for r in results):
+        made["ops"] = _plot_ops(plt, folder, results)
+    drops = _accuracy_drops(evaluation)
+    if drops:
+        made["accuracy"] = _plot_accuracy(plt, folder, results, drops)
+    return made
+
+
+def _label(r: dict) -> str:
+    return f"{r['format']}\n{r['runtime']} x{r['threads']}"
+
+
+def _plot_latency(plt: Any, folder: Path, results: list[dict]) -> str:
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results)), 3.5))
+    p50 = [r["p50_ms"] for r in results]
+    ax.bar(
+        range(len(results)),
+        p50,
+        yerr=[[0] * len(results), [r["p99_ms"] - r["p50_ms"] for r in results]],
+        capsize=4,
+        color="#4c72b0",
+    )
+    ax.set_xticks(range(len(results)), [_label(r) for r in results], fontsize=7)
+    ax.set_ylabel("latency ms (p50, whisker to p99)")
+    ax.set_title(
+        f"batch 1, {results[0]['target']} ({'emulated' if results[0]['emulated'] else 'real'})", fontsize=9
+    )
+    return _save(plt, fig, folder / PLOT_LATENCY)
+
+
+def _plot_ops(plt: Any, folder: Path, results: list[dict]) -> str:
+    from edgekit.profiling import CATEGORIES
+
+    rows = [r for r in results if (r.get("profile") or {}).get("share")]
+    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.5))
+    left = [0.0] * len(rows)
+    for cat in CATEGORIES:
+        share = [r["profile"]["share"].get(cat, 0.0) for r in rows]
+        ax.barh(range(len(rows)), share, left=left, label=cat)
+        left = [a + b for a, b in zip(left, share, strict=True)]
+    ax.set_yticks(range(len(rows)), [_label(r).replace("\n", " ") for r in rows], fontsize=7)
+    ax.set_xlabel("share of profiled op time (ONNX Runtime profiler)")
+    ax.legend(fontsize=6, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    return _save(plt, fig, folder / PLOT_OPS)
+
+
+def _accuracy_drops(evaluation: Any) -> dict[str, float]:
+    """format -> top-1 drop, when the eval result states one (eval's own numbers, not recomputed)."""
+    rows = evaluation.get("results", []) if isinstance(evaluation, dict) else evaluation or []
+    return {
+        r["format"]: r["top1_drop"]
+        for r in rows
+        if isinstance(r, dict) and r.get("top1_drop") is not None and "format" in r
+    }
+
+
+def _plot_accuracy(plt: Any, folder: Path, results: list[dict], drops: dict[str, float]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in results:
+        if r["format"] in drops:
+            ax.scatter(r["p50_ms"], drops[r["format"]])
+            ax.annotate(_label(r).replace("\n", " "), (r["p50_ms"], drops[r["format"]]), fontsize=6)
+    ax.set_xlabel("p50 latency ms")
+    ax.set_ylabel("top-1 drop vs PyTorch float")
+    return _save(plt, fig, folder / PLOT_ACCURACY)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+# --- html --------------------------------------------------------------------------------------
+
+
+def to_html(markdown: str, title: str) -> str:
+    """A plain, dependency-free rendering: headings, tables, images; the rest as paragraphs."""
+    out, table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("-:") for c in cells):
+                continue
+            tag = "th" if not table else "td"
+            out.append(
+                ("<table>" if not table else "")
+                + "<tr>"
+                + "".join(f"<{tag}>{html_lib.escape(c)}</{tag}>" for c in cells)
+                + "</tr>"
+            )
+            table = True
+            continue
+        if table:
+            out.append("</table>")
+            table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html_lib.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            out.append(f'<img alt="{html_lib.escape(alt)}" src="{html_lib.escape(src.rstrip(")"))}">')
+        elif line.strip():
+            out.append(f"<p>{html_lib.escape(line)}</p>")
+    if table:
+        out.append("</table>")
+    body = "\n".join(out)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
+        "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+        f"</head><body>\n{body}\n</body></html>\n"
+    )

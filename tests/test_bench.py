@@ -1,0 +1,147 @@
+"""Benchmark harness: JSON schema and invariants on real runtimes (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _bench_models import build
+
+from edgekit import bench as bench_mod
+from edgekit.errors import UsageError
+from edgekit.manifest import read_manifest
+from runtimes import get_runtime
+
+RES = 32
+FIELDS = {
+    "format",
+    "runtime",
+    "target",
+    "threads",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "max_ms",
+    "cv",
+    "unstable",
+    "runs",
+    "warmup",
+    "first_ms",
+    "throughput",
+    "size_bytes",
+    "rss_delta_mb",
+    "macs",
+    "gmacs_per_s",
+    "peak_gmacs_per_s",
+    "efficiency",
+    "emulated",
+    "measured",
+}
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("bench") / "hswish", act="hardswish", res=RES)
+
+
+@pytest.fixture(scope="module")
+def report(art, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("out") / "bench.json"
+    return bench_mod.bench(
+        art, runtimes=["onnxruntime", "litert"], threads=[1], warmup=3, runs=25, profile=True, out_file=out
+    ) | {"_out": out}
+
+
+def test_schema_and_invariants(report):
+    assert {"machine", "results", "skipped", "method"} <= set(report)
+    assert {r["format"] for r in report["results"]} == {
+        "onnx-fp32",
+        "onnx-int8",
+        "tflite-fp32",
+        "tflite-int8",
+    }
+    for r in report["results"]:
+        assert set(r) >= FIELDS, FIELDS - set(r)
+        assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["runs"] == len(r["latencies_ms"]) == 25 and r["warmup"] == 3
+        lat = np.asarray(r["latencies_ms"])
+        assert r["cv"] == pytest.approx(lat.std() / lat.mean(), rel=1e-2, abs=1e-3)
+        assert r["unstable"] == (r["cv"] > bench_mod.CV_LIMIT)
+        assert r["throughput"] == pytest.approx(1000 / r["mean_ms"], rel=1e-2)
+        assert r["efficiency"] == pytest.approx(r["gmacs_per_s"] / r["peak_gmacs_per_s"], rel=1e-2)
+        assert r["emulated"] is False and "1 thread(s)" in r["measured"] and "25 runs" in r["measured"]
+        assert r["size_bytes"] > 0
+
+
+def test_int8_input_is_quantised(art):
+    job = bench_mod.Job("tflite-int8", art / "model_int8.tflite", "litert")
+    sess = get_runtime("litert").load(job.path)
+    x = bench_mod.bench_input(sess, job)
+    assert x.dtype == np.float32 and x.shape == (1, RES, RES, 3)
+    native = sess.prepare(x)
+    assert native.dtype == np.int8
+    scale, zp = sess.input["scale"], sess.input["zero_point"]
+    assert (
+        np.abs(
+            (native.astype(np.float32) - zp) * scale - np.clip(x, (-128 - zp) * scale, (127 - zp) * scale)
+        ).max()
+        <= scale / 2 + 1e-6
+    )
+
+
+def test_profile_names_the_slow_ops(report):
+    by_fmt = {r["format"]: r for r in report["results"]}
+    ort_int8 = by_fmt["onnx-int8"]["profile"]
+    assert sum(ort_int8["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    slow = {s["op"] for s in ort_int8["slow_path"]}
+    assert "HardSigmoid" in slow or "HardSwish" in slow  # h-swish stays float between Q/DQ pairs
+    tfl = by_fmt["tflite-int8"]["profile"]
+    assert [s["op"] for s in tfl["slow_path"]] == ["HARD_SWISH"] and tfl["slow_path"][0]["count"] == 3
+    assert tfl["delegated_ops"] == tfl["total_ops"] - 3
+    assert by_fmt["tflite-fp32"]["profile"]["slow_path"] == []
+
+
+def test_recorded_and_written(report, art):
+    stored = read_manifest(art)["results"]["bench"]
+    assert len(stored["results"]) == len(report["results"])
+    assert "latencies_ms" not in stored["results"][0]  # raw runs go to --out, not the manifest
+    written = json.loads(Path(report["_out"]).read_text())
+    assert written["results"][0]["runs"] == len(written["results"][0]["latencies_ms"])
+
+
+def test_single_file_and_skips(art):
+    result = bench_mod.bench(art / "model.onnx", runtimes=["onnxruntime", "litert"], warmup=0, runs=3)
+    assert [(r["format"], r["runtime"]) for r in result["results"]] == [("onnx-fp32", "onnxruntime")]
+    assert result["skipped"] == [
+        {"runtime": "litert", "format": None, "reason": "no file here that litert loads"}
+    ]
+
+
+def test_missing_runtime_is_skipped(art, monkeypatch):
+    from runtimes.litert import LiteRTRuntime
+
+    monkeypatch.setattr(LiteRTRuntime, "available", lambda self: (False, "pip install ai-edge-litert"))
+    result = bench_mod.bench(art / "model_fp32.tflite", warmup=0, runs=2)
+    assert result["results"] == []
+    assert result["skipped"] == [
+        {"runtime": "litert", "format": "tflite-fp32", "reason": "pip install ai-edge-litert"}
+    ]
+
+
+def test_bad_options(art):
+    with pytest.raises(UsageError):
+        bench_mod.bench(art, threads=[0])
+    with pytest.raises(UsageError):
+        bench_mod.bench(art, runtimes=["nope"])
+
+
+def test_latency_stats():
+    stats = bench_mod.latency_stats([1.0] * 9 + [3.0])
+    assert stats["p50_ms"] == 1.0 and stats["max_ms"] == 3.0 and stats["runs"] == 10
+    assert stats["cv"] == pytest.approx(np.std([1.0] * 9 + [3.0]) / 1.2, abs=1e-4)
+    assert stats["unstable"] is True

@@ -1,0 +1,263 @@
+"""edgekit export: the artifact folder, NHWC TFLite, verification gates, failures, user modules.
+
+Everything runs the real converters and engines; the session's ``small_artifact`` (conftest) is
+the one full export, the other tests export ONNX only or a tiny user network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit import pipeline, verify
+from edgekit.errors import UsageError
+from edgekit.manifest import read_manifest
+
+TINY = {"width": 0.35, "resolution": 64}
+EXPECTED_FILES = {"torch": "model.pt2", "onnx-fp32": "model.onnx", "tflite-fp32": "model_fp32.tflite",
+                  "tflite-fp16": "model_fp16.tflite"}
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _model(name: str = "mobilenet_v2"):
+    import torch
+
+    from edgekit.zoo import create_model
+
+    torch.manual_seed(0)  # the pipeline seeds the same way (seed=0), so the weights match
+    return create_model(name, width=TINY["width"])
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "edgekit", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+# --- the artifact folder -------------------------------------------------------------------------
+
+
+def test_artifact_folder_and_manifest(small_artifact: Path) -> None:
+    manifest = read_manifest(small_artifact, check_hashes=True)  # raises on any hash mismatch
+    assert {fmt: e["path"] for fmt, e in manifest["files"].items()} == EXPECTED_FILES
+    hashes = _hashes(small_artifact)
+    for entry in manifest["files"].values():
+        assert hashes[entry["path"]] == entry["sha256"]
+        assert (small_artifact / entry["path"]).stat().st_size == entry["size"]
+    assert {"manifest.json", "report.md"} <= set(hashes)
+    assert not list(small_artifact.parent.glob(".mobilenet_v2.*")), "staging folder left behind"
+
+    model = manifest["model"]
+    assert model["source"] == "zoo" and model["args"]["resolution"] == 64
+    assert model["args"]["num_classes"] == 1000
+    assert model["params"] == sum(p.numel() for p in _model().parameters())
+    assert 1e6 < model["macs"] < 2e7  # MobileNetV2-0.35 at 64 px: ~5.6 M MACs
+    assert manifest["input"] == {"shape": [1, 3, 64, 64], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["preprocess"]["resolution"] == 64 and manifest["preprocess"]["resize"] == 73
+    assert all(manifest["tools"][k] for k in ("torch", "onnx", "onnxruntime", "onnxslim", "litert_torch"))
+    onnx_entry = manifest["files"]["onnx-fp32"]
+    assert onnx_entry["opset"] >= 18 and onnx_entry["ops"]["Conv"] == 52
+    assert onnx_entry["inputs"][0]["name"] == "input" and onnx_entry["outputs"][0]["name"] == "logits"
+
+
+def test_tflite_files_take_nhwc(small_artifact: Path) -> None:
+    """Fed an NHWC photo directly (no edgekit code in the loop), TFLite matches PyTorch on NCHW."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    manifest = read_manifest(small_artifact)
+    images = verify.sample_images(pipeline.PreprocessSpec.from_dict(manifest["preprocess"]), 2)
+    with torch.inference_mode():
+        reference = _model()(torch.from_numpy(images)).numpy()
+    for fmt in ("tflite-fp32", "tflite-fp16"):
+        entry = manifest["files"][fmt]
+        assert entry["layout"] == "NHWC" and entry["inputs"][0]["shape"] == [1, 64, 64, 3]
+        interpreter = Interpreter(model_path=str(small_artifact / entry["path"]))
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        assert list(inp["shape"]) == [1, 64, 64, 3]
+        outputs = []
+        for image in images:
+            interpreter.set_tensor(inp["index"], np.ascontiguousarray(image.transpose(1, 2, 0)[None]))
+            interpreter.invoke()
+            outputs.append(interpreter.get_tensor(out["index"])[0])
+        figures = verify.compare(reference, np.stack(outputs))
+        assert figures["max_rel_err"] <= verify.GATES[entry["precision"]]["max_rel_err"], (fmt, figures)
+
+
+def test_verification_figures_within_gates(small_artifact: Path) -> None:
+    files = read_manifest(small_artifact)["files"]
+    for fmt, entry in files.items():
+        ver = entry["verification"]
+        assert ver["passed"], (fmt, ver["failures"])
+        gate = verify.GATES[entry["precision"]]
+        for kind in ("random", "images"):
+            assert ver[kind]["max_rel_err"] <= gate["max_rel_err"], (fmt, kind)
+            assert ver[kind]["cosine_min"] >= gate["min_cosine"], (fmt, kind)
+    # fp16 weights are really fp16: a visibly larger error than fp32, and about half the bytes.
+    fp32, fp16 = files["tflite-fp32"], files["tflite-fp16"]
+    assert fp16["verification"]["images"]["max_rel_err"] > 10 * fp32["verification"]["images"]["max_rel_err"]
+    assert 0.4 < fp16["size"] / fp32["size"] < 0.6
+
+
+def test_report_names_files_and_xnnpack(small_artifact: Path) -> None:
+    report = (small_artifact / "report.md").read_text()
+    manifest = read_manifest(small_artifact)
+    for entry in manifest["files"].values():
+        assert entry["path"] in report and entry["sha256"][:12] in report
+    for fmt in ("tflite-fp32", "tflite-fp16"):
+        xnn = manifest["files"][fmt]["xnnpack"]
+        assert xnn["fully_delegated"] and xnn["delegated_ops"] == xnn["ops"] > 0
+    assert "XNNPACK takes every op" in report and "1 thread" in report
+
+
+# --- dynamic batch, failures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dyn") / "mnv2"
+    pipeline.export("mobilenet_v2", out_dir=out, formats=["onnx"], dynamic_batch=True, **TINY)
+    return out
+
+
+def test_dynamic_batch_runs_batch_of_three(onnx_dynamic: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    manifest = read_manifest(onnx_dynamic)
+    assert set(manifest["files"]) == {"torch", "onnx-fp32"}
+    assert manifest["input"]["shape"][0] == "batch"
+    session = ort.InferenceSession(str(onnx_dynamic / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic
+    batch = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    logits = session.run(None, {"input": batch})[0]
+    with torch.inference_mode():
+        reference = _model()(torch.from_numpy(batch)).numpy()
+    assert logits.shape == (3, 1000)
+    assert verify.compare(reference, logits)["max_rel_err"] <= verify.GATES["fp32"]["max_rel_err"]
+
+
+def test_failed_verification_keeps_earlier_folder(onnx_dynamic: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from edgekit.cli import main
+
+    out = tmp_path / "good"
+    shutil.copytree(onnx_dynamic, out)
+    before = _hashes(out)
+    monkeypatch.setitem(verify.GATES, "fp32", {"max_rel_err": 0.0, "min_cosine": 1.0})
+    monkeypatch.setattr(sys, "argv", ["edgekit", "export", "mobilenet_v2", "--width", "0.35",
+                                      "--resolution", "64", "--formats", "onnx", "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "disagrees with PyTorch" in err and "max_rel_err" in err
+    assert _hashes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]  # no staging folder left
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nosuchnet"], "unknown model 'nosuchnet'"),
+    (["mobilenet_v2", "--resolution", "50"], "resolution 50 is not supported"),
+    (["mobilenet_v2", "--formats", "coreml"], "unknown format coreml"),
+])
+def test_cli_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    result = _run_cli("export", *args, "--out", "/nonexistent-never-written")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- a user's own module --------------------------------------------------------------------------
+
+USER_MODULE = '''
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    resolution = 32
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        # A cumulative sum: converts to TFLite's CUMSUM, which XNNPACK does not take.
+        x = torch.cumsum(x, dim=1).mean((2, 3))
+        return self.fc(x)
+
+
+def make():
+    return Tiny()
+'''
+
+
+def test_user_module_file_factory(tmp_path: Path) -> None:
+    source = tmp_path / "tiny_net.py"
+    source.write_text(textwrap.dedent(USER_MODULE))
+    manifest = pipeline.export(f"{source}:make", out_dir=tmp_path / "out", argv=["pytest"])
+    model = manifest["model"]
+    assert model["source"] == "file" and model["name"] == "tiny_net:make"
+    assert model["args"]["resolution"] == 32 and model["args"]["num_classes"] == 10
+    assert model["params"] == 3 * 8 * 9 + 8 + 8 * 10 + 10
+    files = read_manifest(tmp_path / "out")["files"]
+    assert set(files) == set(EXPECTED_FILES) and all(e["verification"]["passed"] for e in files.values())
+    xnn = files["tflite-fp32"]["xnnpack"]
+    assert not xnn["fully_delegated"] and xnn["not_delegated"] == {"CUMSUM": 1}
+    assert "off the fast path: CUMSUM x1" in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["command"] == ["pytest"]
+
+
+def test_user_module_needs_resolution(tmp_path: Path) -> None:
+    source = tmp_path / "nores.py"
+    source.write_text("from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Flatten())\n")
+    with pytest.raises(UsageError, match="resolution unknown"):
+        pipeline.build(f"{source}:make")
+    with pytest.raises(UsageError, match="has no function"):
+        pipeline.build(f"{source}:missing", resolution=64)
+
+
+def test_quant_options_need_int8() -> None:
+    with pytest.raises(UsageError, match="--calib-method only apply to int8"):
+        pipeline.export("mobilenet_v2", calib_method="mse")
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    from edgekit.errors import ArtifactError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ArtifactError, match="cannot write"):
+        pipeline.export("mobilenet_v2", out_dir=blocker / "out", formats=["onnx"], **TINY)
+
+
+# --- the whole zoo (make test-slow) ---------------------------------------------------------------
+
+
+def _zoo() -> list[str]:
+    from edgekit.zoo import list_models
+
+    return list_models()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _zoo())
+def test_zoo_exports_and_verifies(name: str, tmp_path: Path) -> None:
+    manifest = pipeline.export(name, out_dir=tmp_path / name, resolution=64)
+    assert set(manifest["files"]) == set(EXPECTED_FILES)
+    assert all(e["verification"]["passed"] for e in manifest["files"].values())

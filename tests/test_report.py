@@ -1,0 +1,66 @@
+"""report.md: sections, and every figure's measurement note, from a real benchmark of a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _bench_models import build
+
+from edgekit import bench, report
+from edgekit.manifest import read_manifest, record_result
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    folder = build(tmp_path_factory.mktemp("report") / "tiny", act="hardswish", res=32)
+    bench.bench(folder, runtimes=["onnxruntime", "litert"], warmup=2, runs=10, profile=True)
+    return folder
+
+
+def test_sections_and_notes(art):
+    path = report.write_report(art, html=True)
+    text = path.read_text()
+    for section in (
+        "# tiny_hardswish",
+        "## Files",
+        "## Verification",
+        "## Accuracy",
+        "## Latency",
+        "## Where the time goes",
+        "## Machine",
+        "How measured:",
+    ):
+        assert section in text, section
+    stored = read_manifest(art)["results"]["bench"]["results"]
+    rows = [line for line in text.splitlines() if line.startswith("| onnx-") or line.startswith("| tflite-")]
+    latency_rows = [line for line in rows if "thread(s)" in line]
+    assert len(latency_rows) == len(stored)  # one row per result, each with its measurement note
+    for r in stored:
+        assert r["measured"] in text and "(real)" in r["measured"]
+    assert "HARD_SWISH x3" in text  # the op evidence for the int8 slowdown
+    for png in (report.PLOT_LATENCY, report.PLOT_OPS):
+        assert f"]({png})" in text and (art / png).stat().st_size > 1000
+    html = (art / "report.html").read_text()
+    assert "<table>" in html and f'src="{report.PLOT_LATENCY}"' in html
+
+
+def test_reads_eval_without_recomputing(art):
+    record_result(
+        art,
+        "eval",
+        {
+            "data": "builtin photos",
+            "measured": "onnxruntime, 1 thread",
+            "results": [{"format": "onnx-int8", "top1": 0.5, "top1_drop": 0.04}],
+        },
+    )
+    text = report.write_report(art).read_text()
+    assert "| onnx-int8 | 0.5 | 0.04 |" in text and "data: builtin photos" in text
+    assert (art / report.PLOT_ACCURACY).is_file()
+
+
+def test_without_bench(tmp_path):
+    folder = build(tmp_path / "nb", res=16, int8=False)
+    text = report.write_report(folder).read_text()
+    assert "Not benchmarked" in text and "Not evaluated" in text

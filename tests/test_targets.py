@@ -1,0 +1,495 @@
+"""Targets: the runner, local, the emulated Pi (real qemu + arm64 rootfs), SSH (a real sshd on
+127.0.0.1) and adb (tests/fake_adb/adb, a local stand-in: no Android device is involved)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.errors import TargetError, UsageError
+from runtimes.targets import RUNNER, get_target
+from runtimes.targets.local import LocalTarget
+from runtimes.targets.qemu import QemuTarget, rootfs_dir
+
+RES = 32
+FAKE_ADB = Path(__file__).parent / "fake_adb"
+MODELS = {  # file -> (engine, layout)
+    "m.onnx": ("onnxruntime", "NCHW"),
+    "m_int8.onnx": ("onnxruntime", "NCHW"),
+    "m_fp32.tflite": ("litert", "NHWC"),
+    "m_int8.tflite": ("litert", "NHWC"),
+}
+
+
+# --- tiny real models, built once with the real converters ---------------------------------------
+
+
+def _tiny_net():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.BatchNorm2d(8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 16, 1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    return net.eval()
+
+
+def _calibration(layout: str, n: int = 8) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((1, 3, RES, RES), dtype=np.float32) for _ in range(n)]
+    return batches if layout == "NCHW" else [b.transpose(0, 2, 3, 1).copy() for b in batches]
+
+
+def _write_onnx(net, folder: Path) -> None:
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, RES, RES),),
+        folder / "m.onnx",
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(_calibration("NCHW"))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    quantize_static(
+        str(folder / "m.onnx"),
+        str(folder / "m_int8.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def _write_tflite(net, folder: Path) -> None:
+    import litert_torch
+    import torch
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    class Nhwc(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.permute(0, 3, 1, 2))
+
+    model = Nhwc(net).eval()
+    example = (torch.zeros(1, RES, RES, 3),)
+    litert_torch.convert(model, example).export(str(folder / "m_fp32.tflite"))
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    graph = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    for batch in _calibration("NHWC"):
+        graph(torch.from_numpy(batch))
+    graph = convert_pt2e(graph, fold_quantize=False)
+    converted = litert_torch.convert(
+        graph, example, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
+    )
+    converted.export(str(folder / "m_int8.tflite"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    net = _tiny_net()
+    _write_onnx(net, folder)
+    _write_tflite(net, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, np.ndarray]:
+    x = np.random.default_rng(1).standard_normal((3, 3, RES, RES), dtype=np.float32)
+    return {"NCHW": x, "NHWC": x.transpose(0, 2, 3, 1).copy()}
+
+
+@pytest.fixture(scope="module")
+def x86(models: Path, batch) -> dict[str, np.ndarray]:
+    """Outputs of every model on this machine through the local target: the reference."""
+    target = LocalTarget()
+    out = {}
+    for name, (engine, layout) in MODELS.items():
+        out[name] = target.run(models / name, engine, warmup=0, runs=1, inputs=batch[layout])["outputs"]
+    return out
+
+
+def _lsb(models: Path, name: str) -> float:
+    """One output quantisation step of an int8 file (0 for float files)."""
+    if name == "m_int8.tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        return float(Interpreter(model_path=str(models / name)).get_output_details()[0]["quantization"][0])
+    if name == "m_int8.onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(models / name)).graph
+        last = next(n for n in graph.node if n.output[0] == graph.output[0].name)
+        assert last.op_type == "DequantizeLinear"
+        inits = {i.name: i for i in graph.initializer}
+        return float(numpy_helper.to_array(inits[last.input[1]]))
+    return 0.0
+
+
+# --- the registry and the runner ----------------------------------------------------------------
+
+
+def test_get_target_parses_specs():
+    assert isinstance(get_target("local"), LocalTarget)
+    pi4, pi5 = get_target("pi4-emu"), get_target("pi5-emu")
+    assert (pi4.cpu, pi5.cpu, pi4.emulated, pi4.expected_arch) == (
+        "cortex-a72",
+        "cortex-a76",
+        True,
+        "aarch64",
+    )
+    ssh = get_target("ssh://pi@raspberrypi.local:2222", remote_python="/usr/bin/python3.11")
+    assert (ssh.user, ssh.host, ssh.port, ssh.remote_python) == (
+        "pi",
+        "raspberrypi.local",
+        2222,
+        "/usr/bin/python3.11",
+    )
+    assert get_target("ssh://10.0.0.7").port == 22
+    assert get_target("adb").serial is None
+    assert get_target("adb:R58M123").serial == "R58M123"
+    with pytest.raises(UsageError, match="unknown target"):
+        get_target("pi3-emu")
+    with pytest.raises(UsageError, match="bad port"):
+        get_target("ssh://pi@host:notaport")
+
+
+def test_runner_prints_one_json_object(models, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUNNER),
+            "--model",
+            str(models / "m_int8.tflite"),
+            "--engine",
+            "litert",
+            "--runs",
+            "4",
+            "--warmup",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 0 and result["ok"]
+    assert len(result["latencies_ms"]) == 4 and all(t > 0 for t in result["latencies_ms"])
+    assert result["input"]["dtype"] == "int8" and result["output_quant"][0] > 0
+    assert {"arch", "cpu", "cores", "features", "python", "os"} <= set(result["machine"])
+
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "--model", str(tmp_path / "missing.onnx"), "--engine", "onnxruntime"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    failure = json.loads(proc.stdout)
+    assert (
+        proc.returncode != 0
+        and failure["ok"] is False
+        and "not found" in failure["error"]
+        and failure["hint"]
+    )
+
+
+def test_runner_without_the_engine_says_what_to_install(models, tmp_path):
+    # A bare interpreter (-I: no site-packages) is what a fresh board has.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(RUNNER),
+            "--model",
+            str(models / "m.onnx"),
+            "--engine",
+            "onnxruntime",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    failure = json.loads(proc.stdout)
+    assert proc.returncode == 3 and failure["ok"] is False
+    assert failure["hint"].startswith("pip install")
+
+
+def test_local_target_agrees_with_torch(models, batch, x86):
+    import torch
+
+    with torch.no_grad():
+        ref = _tiny_net()(torch.from_numpy(batch["NCHW"])).numpy()
+    np.testing.assert_allclose(x86["m.onnx"], ref, atol=1e-4)
+    np.testing.assert_allclose(x86["m_fp32.tflite"], ref, atol=1e-4)
+    # int8 files: within a few output steps of float, and the same top-1 on most samples.
+    for name in ("m_int8.onnx", "m_int8.tflite"):
+        assert np.abs(x86[name] - ref).max() < 12 * _lsb(models, name)
+
+
+def test_bench_returns_latencies(models):
+    result = get_target("local").bench(
+        models / "m.onnx", "onnxruntime", threads=1, warmup=1, runs=5, layout="NCHW", input_quant=None
+    )
+    assert len(result["latencies_ms"]) == 5 and result["first_ms"] > 0
+    assert result["target"] == "local" and result["emulated"] is False and "outputs" not in result
+
+
+def test_arch_mismatch_is_detected(models):
+    target = LocalTarget()
+    target.expected_arch = "aarch64" if target.expected_arch != "aarch64" else "x86_64"
+    with pytest.raises(TargetError, match=r"reported a \w+ machine, expected"):
+        target.run(models / "m.onnx", "onnxruntime", runs=1, warmup=0)
+
+
+# --- the emulated Pi ----------------------------------------------------------------------------
+
+needs_rootfs = pytest.mark.skipif(
+    shutil.which("qemu-aarch64-static") is None or not (rootfs_dir() / ".edgekit-stamp").exists(),
+    reason="qemu-user-static or the arm64 rootfs is missing (run `make pi-rootfs` or scripts/test-deps.sh)",
+)
+
+
+def test_qemu_without_rootfs_says_make_pi_rootfs(tmp_path, models):
+    target = QemuTarget("pi4-emu", rootfs=tmp_path / "no-rootfs")
+    with pytest.raises(TargetError) as err:
+        target.check()
+    assert "make pi-rootfs" in err.value.hint
+    with pytest.raises(TargetError):
+        target.run(models / "m.onnx", "onnxruntime", runs=1)
+
+
+@needs_rootfs
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pi4_emu_matches_x86(name, models, batch, x86):
+    engine, layout = MODELS[name]
+    result = get_target("pi4-emu").run(models / name, engine, warmup=0, runs=1, inputs=batch[layout])
+    assert (
+        result["machine"]["arch"] == "aarch64"
+        and result["emulated"] is True
+        and "not representative" in result["note"]
+    )
+    diff = np.abs(result["outputs"] - x86[name]).max()
+    lsb = _lsb(models, name)
+    # Float kernels differ only in summation order; int8 ones in rounding: allow 2 output steps.
+    assert diff <= (2 * lsb if lsb else 1e-4), f"{name}: ARM vs x86 max |diff| {diff:.3g} (lsb {lsb:.3g})"
+    assert (result["outputs"].argmax(1) == x86[name].argmax(1)).all()
+
+
+@needs_rootfs
+def test_pi5_emu_runs_int8_litert(models, batch, x86):
+    target = get_target("pi5-emu")
+    target.check()
+    result = target.run(models / "m_int8.tflite", "litert", warmup=0, runs=2, inputs=batch["NHWC"])
+    assert "cortex-a76" in result["machine"]["cpu"] and len(result["latencies_ms"]) == 2
+    assert np.abs(result["outputs"] - x86["m_int8.tflite"]).max() <= 2 * _lsb(models, "m_int8.tflite")
+
+
+# --- SSH against a real OpenSSH server on 127.0.0.1 ------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if (
+        not Path("/usr/sbin/sshd").exists()
+        or shutil.which("ssh") is None
+        or shutil.which("ssh-keygen") is None
+    ):
+        pytest.skip("OpenSSH server/client not installed (scripts/test-deps.sh installs them)")
+    folder = tmp_path_factory.mktemp("sshd")
+    _keygen(folder / "host_key")
+    _keygen(folder / "user_key")
+    shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
+    port = _free_port()
+    config = folder / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {folder / 'host_key'}",
+                f"PidFile {folder / 'sshd.pid'}",
+                f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                "Subsystem sftp /usr/lib/openssh/sftp-server",
+                "",
+            ]
+        )
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation folder sshd insists on
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None:
+            pytest.skip(f"sshd did not start: {proc.stderr.read().strip()[-200:]}")
+        time.sleep(0.1)
+    key_type, key = (folder / "host_key.pub").read_text().split()[:2]
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
+    (folder / "empty_known_hosts").write_text("")
+    yield {
+        "port": port,
+        "key_file": str(folder / "user_key"),
+        "known_hosts": str(folder / "known_hosts"),
+        "empty_known_hosts": str(folder / "empty_known_hosts"),
+    }
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _ssh(sshd, known_hosts: str | None = None, remote_python: str = sys.executable):
+    return get_target(
+        f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}",
+        key_file=sshd["key_file"],
+        known_hosts=known_hosts or sshd["known_hosts"],
+        remote_python=remote_python,
+    )
+
+
+@pytest.mark.parametrize("name", ["m.onnx", "m_int8.tflite"])
+def test_ssh_matches_local(sshd, name, models, batch, x86):
+    engine, layout = MODELS[name]
+    target = _ssh(sshd)
+    target.check()
+    result = target.run(models / name, engine, warmup=1, runs=3, inputs=batch[layout])
+    assert result["target"].startswith("ssh://") and result["emulated"] is False
+    assert len(result["latencies_ms"]) == 3
+    np.testing.assert_allclose(result["outputs"], x86[name], atol=1e-6)
+
+
+def test_ssh_unknown_host_key_is_refused(sshd, models):
+    with pytest.raises(TargetError) as err:
+        _ssh(sshd, known_hosts=sshd["empty_known_hosts"]).check()
+    assert "host key" in err.value.message and "ssh-keyscan" in err.value.hint
+    assert "\n" not in str(err.value)
+
+
+def test_ssh_unreachable_port_fails_fast(sshd):
+    target = get_target(
+        f"ssh://nobody@127.0.0.1:{_free_port()}", known_hosts=sshd["known_hosts"], connect_timeout=3
+    )
+    start = time.monotonic()
+    with pytest.raises(TargetError, match="cannot reach") as err:
+        target.check()
+    assert time.monotonic() - start < 10 and "\n" not in str(err.value)
+
+
+def test_ssh_missing_remote_python_says_what_to_install(sshd):
+    with pytest.raises(TargetError) as err:
+        _ssh(sshd, remote_python="/nonexistent/python3").check()
+    assert "install Python" in err.value.hint
+
+
+# --- adb, through the fake adb in tests/fake_adb (no Android device) -------------------------------
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch) -> Path:
+    device = tmp_path / "device-tmp"
+    device.mkdir()
+    monkeypatch.setenv("PATH", f"{FAKE_ADB}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(device))
+    monkeypatch.setenv("FAKE_ADB_SERIAL", "fake-0001")
+    return device
+
+
+def test_adb_matches_local_and_cleans_up(fake_adb, models, batch, x86):
+    target = get_target("adb:fake-0001", remote_python=sys.executable)
+    target.check()
+    result = target.run(models / "m_fp32.tflite", "litert", warmup=0, runs=2, inputs=batch["NHWC"])
+    assert result["target"] == "adb:fake-0001" and len(result["latencies_ms"]) == 2
+    np.testing.assert_allclose(result["outputs"], x86["m_fp32.tflite"], atol=1e-6)
+    assert list(fake_adb.iterdir()) == []  # the working folder on the "device" is gone
+
+
+def test_adb_device_errors(fake_adb, monkeypatch):
+    with pytest.raises(TargetError, match="does not see device other"):
+        get_target("adb:other").check()
+    monkeypatch.setenv("FAKE_ADB_SERIAL", "")
+    with pytest.raises(TargetError, match="does not see a device"):
+        get_target("adb").check()
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent.parent / "no-such-dir"))
+    with pytest.raises(TargetError) as err:
+        get_target("adb").check()
+    assert "platform-tools" in err.value.hint
+
+
+# --- make pi-bench (emulated mode) on the tiny models ----------------------------------------------
+
+
+@needs_rootfs
+def test_pibench_emulated_rows_and_readme(models):
+    from edgekit import pibench
+    from edgekit.manifest import file_entry, new_manifest, write_manifest
+
+    manifest = new_manifest(preprocess={"resolution": RES})
+    for fmt, name in [("onnx-fp32", "m.onnx"), ("tflite-int8", "m_int8.tflite")]:
+        manifest["files"][fmt] = file_entry(models, name, layout=MODELS[name][1])
+    write_manifest(models, manifest)
+    plan = {**pibench.EMULATED, "resolution": RES, "runs": 1}
+    rows = pibench.bench_folder("tiny", models, get_target("pi4-emu"), plan)
+    assert [r["format"] for r in rows] == ["onnx-fp32", "tflite-int8"]
+    for row in rows:
+        assert row["emulated"] and row["arm_vs_x86"]["top1_agreement"] == 1.0 and row["estimate_ms"] is None
+    text = pibench.readme({"target": "pi4-emu", "emulated": True, "plan": plan, "rows": rows})
+    head = text.split("| model |")[0]
+    assert "ESTIMATES" in head and "not representative" in head and text.count("\n| tiny |") == 2
