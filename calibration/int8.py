@@ -47,11 +47,11 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
     }
     checks = _verification_inputs(model, spec)
     if "onnx-fp32" in files:
-        ranges = _onnx(stage_dir, files, model, calib.tensors, method, per_channel, symmetric, remedies, checks)
-        record["activation_ranges"]["onnx"] = ranges
+        record["activation_ranges"]["onnx"] = _onnx(stage_dir, files, model, calib.tensors, method,
+                                                    per_channel, symmetric, remedies, checks)
     if "tflite-fp32" in files:
-        ranges = _tflite(stage_dir, files, model, calib.tensors, method, per_channel, symmetric, checks)
-        record["activation_ranges"]["tflite"] = ranges
+        record["activation_ranges"]["tflite"] = _tflite(stage_dir, files, model, calib.tensors, method,
+                                                        per_channel, symmetric, checks)
     manifest["calibration"] = record
 
 
@@ -76,8 +76,9 @@ def apply_remedies(model: Any, tensors: np.ndarray, options: dict[str, Any],
     return model, remedies
 
 
-def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str, per_channel: bool,
-          symmetric: bool, remedies: list[dict[str, Any]], checks: dict[str, Any]) -> dict[str, list[float]]:
+def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str,
+          per_channel: bool, symmetric: bool, remedies: list[dict[str, Any]],
+          checks: dict[str, Any]) -> dict[str, list[float]]:
     from calibration import onnx_int8
 
     src = stage / files["onnx-fp32"]["path"]
@@ -94,15 +95,16 @@ def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, m
     path = stage / "model_int8.onnx"
     inp, out = onnx_int8.io_quantisation(path)
     files["onnx-int8"] = file_entry(
-        stage, "model_int8.onnx", format="onnx-int8", precision="int8", layout="NCHW", input=inp, output=out,
+        stage, "model_int8.onnx", format="onnx-int8", precision="int8", layout="NCHW",
+        input=inp, output=out,
         quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges",
         fused_ops=onnx_int8.fused_ops(path), verification=_verify(path, "onnx-int8", "NCHW", checks),
     )
     return _rounded(info["activation_ranges"])
 
 
-def _tflite(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str, per_channel: bool,
-            symmetric: bool, checks: dict[str, Any]) -> dict[str, list[float]]:
+def _tflite(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str,
+            per_channel: bool, symmetric: bool, checks: dict[str, Any]) -> dict[str, list[float]]:
     from calibration import tflite_int8
 
     path = stage / "model_int8.tflite"
@@ -110,7 +112,8 @@ def _tflite(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray,
                                        symmetric_activations=symmetric)
     inp, out = tflite_int8.io_quantisation(path)
     files["tflite-int8"] = file_entry(
-        stage, "model_int8.tflite", format="tflite-int8", precision="int8", layout="NHWC", input=inp, output=out,
+        stage, "model_int8.tflite", format="tflite-int8", precision="int8", layout="NHWC",
+        input=inp, output=out,
         quantizer="litert-torch PT2E (full integer) with edgekit range observers",
         verification=_verify(path, "tflite-int8", "NHWC", checks),
     )

@@ -51,7 +51,8 @@ def _tensor_probe(model_path: Path, threads: int = 1) -> tuple[Any, str, list[st
             if out in floats and out not in names:
                 names.append(out)
                 if out not in existing:
-                    model.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+                    info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
+                    model.graph.output.append(info)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
@@ -76,7 +77,12 @@ def activation_ranges(model_path: Path, tensors: np.ndarray, method: str = DEFAU
 
 
 def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) -> Path:
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        save_tensors_data,
+    )
 
     data = {name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
             for name, (lo, hi) in ranges.items()}
@@ -130,7 +136,8 @@ def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     graph = onnx.load(str(path)).graph
 
     def describe(vi: Any) -> dict[str, Any]:
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim]
+        shape = vi.type.tensor_type.shape.dim
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in shape]
         return {"name": vi.name, "shape": dims, "dtype": "float32", "scale": None, "zero_point": None}
 
     return describe(graph.input[0]), describe(graph.output[0])

@@ -117,8 +117,9 @@ def _entropy(hist: np.ndarray, lo: float, hi: float, levels: int) -> tuple[float
 # --- ONNX: histograms of every tensor over ONNX Runtime -----------------------------------------
 
 
-def onnx_activation_ranges(run: Callable[[np.ndarray], dict[str, np.ndarray]], batches: Iterable[np.ndarray],
-                           method: str = DEFAULT_METHOD, symmetric: bool = False) -> dict[str, tuple[float, float]]:
+def onnx_activation_ranges(run: Callable[[np.ndarray], dict[str, np.ndarray]],
+                           batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
+                           symmetric: bool = False) -> dict[str, tuple[float, float]]:
     """Ranges of every tensor ``run`` returns, from two passes: min/max, then fixed-edge histograms.
 
     ``run(batch) -> {tensor name: values}``; ``batches`` is iterated twice (pass a list).

@@ -50,7 +50,8 @@ def find_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (any depth), sorted so that sampling is reproducible."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder", "pass an image folder, a .npy file, 'builtin' or 'random'")
+        raise DataError(f"{folder} is not a folder",
+                        "pass an image folder, a .npy file, 'builtin' or 'random'")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"no images in {folder}",
@@ -64,7 +65,8 @@ def imagenet_synsets() -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def labelled_images(folder: str | Path, index_file: str | Path | None = None) -> list[tuple[Path, int | None]]:
+def labelled_images(folder: str | Path,
+                    index_file: str | Path | None = None) -> list[tuple[Path, int | None]]:
     """Images of ``folder`` with their class index when known.
 
     Labels come from an ``index_file`` (lines ``relative/path.jpg <class index>``) or from an
@@ -87,11 +89,13 @@ def _read_index(path: Path) -> dict[str, int]:
             name, label = line.rsplit(maxsplit=1)
             table[name.strip()] = int(label)
         except ValueError as exc:
-            raise DataError(f"{path}:{n}: expected 'relative/path.jpg <class index>'", "fix the index file") from exc
+            raise DataError(f"{path}:{n}: expected 'relative/path.jpg <class index>'",
+                            "fix the index file") from exc
     return table
 
 
-def load_images(paths: Sequence[Path], spec: PreprocessSpec, skip_bad_images: bool = False) -> tuple[np.ndarray, list[Path]]:
+def load_images(paths: Sequence[Path], spec: PreprocessSpec,
+                skip_bad_images: bool = False) -> tuple[np.ndarray, list[Path]]:
     """Preprocess ``paths`` into one NCHW batch; unreadable files fail, or warn and skip."""
     arrays, kept = [], []
     for path in paths:
@@ -126,7 +130,8 @@ def builtin_photos() -> list[tuple[str, Any]]:
 
 
 def random_crop(img: Any, spec: PreprocessSpec, rng: np.random.Generator,
-                scale: tuple[float, float] = (0.1, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+                scale: tuple[float, float] = (0.1, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
     """A RandomResizedCrop-style view (area fraction, aspect, position, flip) -> CHW normalised."""
     from PIL import Image
 
@@ -198,7 +203,8 @@ def calibration_set(source: str | Path | None, spec: PreprocessSpec, samples: in
         return CalibrationSet(tensors, str(path), {"kind": "npy"})
     files = _take(find_images(path), samples, seed, str(path))
     tensors, kept = load_images(files, spec, skip_bad_images)
-    return CalibrationSet(tensors, str(path), {"kind": "folder", "images": len(kept), "skipped": len(files) - len(kept)})
+    detail = {"kind": "folder", "images": len(kept), "skipped": len(files) - len(kept)}
+    return CalibrationSet(tensors, str(path), detail)
 
 
 def _take(items: Any, samples: int | None, seed: int, where: str) -> Any:

@@ -42,8 +42,7 @@ def channel_last(module: Any) -> Any:
 
 
 def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str = DEFAULT_METHOD,
-                    per_channel: bool = True, symmetric_activations: bool = False,
-                    batch: int = 16) -> dict[str, Any]:
+                    per_channel: bool = True, symmetric_activations: bool = False) -> dict[str, Any]:
     """Calibrate ``module`` on ``tensors`` (NCHW float32) and write an int8 NHWC .tflite at ``dst``."""
     import litert_torch
     import torch
@@ -60,11 +59,12 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
         graph = torch.export.export(channel_last(module), sample).module()
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
-            for i in range(0, len(nhwc), batch):
-                prepared(nhwc[i:i + batch])
+            for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
+                prepared(nhwc[i:i + 1])
         ranges = observed_ranges(prepared)
         converted = convert_pt2e(prepared, fold_quantize=False)
-        litert_torch.convert(converted, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(dst))
+        lowering = QuantConfig(pt2e_quantizer=quantizer)
+        litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
     except Exception as exc:  # converter errors are plain exceptions; one line naming the step
         raise ExportError(f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
                           "try --per-tensor or --formats onnx; report the failing op") from exc
@@ -79,8 +79,9 @@ def observed_ranges(prepared: Any) -> dict[str, tuple[float, float]]:
     for name, mod in prepared.named_modules():
         if hasattr(mod, "range_method") and mod.histogram.sum() > 0:
             symmetric = "symmetric" in str(mod.qscheme)
-            ranges[name] = select_range(mod.histogram.double().numpy(), mod.min_val.item(), mod.max_val.item(),
-                                        mod.range_method, mod.quant_max - mod.quant_min + 1, symmetric)
+            hist = mod.histogram.double().numpy()
+            ranges[name] = select_range(hist, mod.min_val.item(), mod.max_val.item(), mod.range_method,
+                                        mod.quant_max - mod.quant_min + 1, symmetric)
     return ranges
 
 

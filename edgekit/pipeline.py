@@ -65,6 +65,7 @@ def export(
 
     chosen = exporters.resolve(formats)
     _check_quant_options(int8, quant_options)
+    _check_args(name, resolution)
     with _Steps(len(chosen) + 3 + int8) as steps:
         with steps.step(f"build {name}"):
             built = build(name, width=width, resolution=resolution, groups=groups, pretrained=pretrained,
@@ -137,6 +138,21 @@ def _build_zoo(name: str, width: float | None, resolution: int | None, groups: i
     changed = (("w", width), ("r", None if resolution == entry.resolution else resolution), ("g", groups))
     suffix = "".join(f"_{k}{v}" for k, v in changed if v is not None)
     return Built(entry.name + suffix, model, spec, info)
+
+
+def _check_args(name: str, resolution: int | None) -> None:
+    """Fail fast, before any progress output, on what needs no network built."""
+    from edgekit.zoo import get_entry
+
+    if _is_file_spec(name):
+        path = Path(name.rpartition(":")[0]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"no such file {path}", "pass path/to/module.py:factory")
+        default = None
+    else:
+        default = get_entry(name).resolution  # raises UnknownModelError with suggestions
+    if resolution not in (None, default):
+        check_resolution(resolution)
 
 
 def _is_file_spec(name: str) -> bool:
@@ -226,6 +242,10 @@ class _Checker:
         self.references = {kind: torch_logits(built.model, batch) for kind, batch in self.inputs.items()}
         self.example = torch.from_numpy(self.inputs["random"][:1].copy())
 
+    def example_for(self, dynamic_batch: bool) -> Any:
+        """torch.export specialises a batch of 1 to a constant: a symbolic batch needs 2 samples."""
+        return self.example.repeat(2, 1, 1, 1) if dynamic_batch else self.example
+
     def verify(self, path: Path, fmt: str, precision: str, layout: str) -> dict[str, Any]:
         from edgekit.verify import verify_file
 
@@ -240,7 +260,7 @@ def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: 
     from exporters import conversion_error
 
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    example = check.example
+    example = check.example_for(dynamic_batch)
     try:
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # torch.export names the untraceable op or the data-dependent branch
@@ -269,7 +289,8 @@ def _export_one(exporter: Any, stage: Path, manifest: dict[str, Any], built: Bui
         options["dynamic_batch"] = dynamic_batch
     if exporter.fmt == "tflite-fp16" and "tflite-fp32" in manifest["files"]:
         options["fp32_path"] = stage / manifest["files"]["tflite-fp32"]["path"]
-    info = exporters.export(exporter.fmt, built.model, check.example, path, **options)
+    example = check.example_for(dynamic_batch and exporter.family == "onnx")
+    info = exporters.export(exporter.fmt, built.model, example, path, **options)
     if exporter.family == "onnx":
         from exporters.onnx import io_details
 

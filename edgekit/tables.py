@@ -94,7 +94,16 @@ def print_export(manifest: dict[str, Any]) -> None:
 
 
 def print_eval(result: dict[str, Any]) -> None:
-    raise NotImplementedError  # owned by evaluate
+    measured = result["measured"]
+    labelled = measured["labelled"]
+    columns = ["format", "runtime", *(["top-1 %", "top-5 %", "drop"] if labelled else []),
+               "agree top-1 %", "top-5 overlap %", "cosine", "SQNR dB", "worst image"]
+    rows = [[r["format"], r["runtime"], *([r["top1"], r["top5"], r["drop_top1"]] if labelled else []),
+             r["agreement_top1"], r["top5_overlap"], r["cosine"], r["sqnr_db"],
+             r["worst"][0]["image"] if r["worst"] else None] for r in result["formats"]]
+    caption = (f"{measured['images']} images from {measured['data']}; {measured['threads']} thread(s), "
+               f"target {measured['target']}; agreement/cosine/SQNR vs {measured['reference']}")
+    render("Accuracy vs PyTorch float", columns, rows, caption)
 
 
 def print_bench(result: dict[str, Any]) -> None:

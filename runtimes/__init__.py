@@ -34,7 +34,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "edgekit.runtimes"
 _BUILTIN = {
     "torch": "runtimes.pytorch:TorchRuntime",
-    "onnxruntime": "runtimes.onnxruntime:OrtRuntime",
+    "onnxruntime": "runtimes.ort:OrtRuntime",
     "litert": "runtimes.litert:LiteRTRuntime",
 }
 _ALIASES = {"ort": "onnxruntime", "tflite": "litert", "pytorch": "torch"}

@@ -53,7 +53,7 @@ def resize_spec(spec: Any, resolution: int | None) -> Any:
 
     if resolution is None:
         return spec
-    return replace(spec, resolution=resolution, resize=int(round(resolution * spec.resize / spec.resolution)))
+    return replace(spec, resolution=resolution, resize=round(resolution * spec.resize / spec.resolution))
 
 
 def load_images(data: str | None, spec: Any, limit: int | None) -> tuple[np.ndarray, list[int] | None, str]:
@@ -143,14 +143,15 @@ def sensitivity(model: Any, x: np.ndarray, bits: int) -> dict[str, tuple[float, 
 def flag_layers(layers: list[dict[str, Any]]) -> None:
     """Adds ``flag`` (None or the reason) to each layer, relative to the network's medians."""
     w_median = statistics.median(layer["weight_sqnr_per_tensor"] for layer in layers)
-    outs = [layer["output_sqnr_per_tensor"] for layer in layers if layer.get("output_sqnr_per_tensor") is not None]
+    outs = [r["output_sqnr_per_tensor"] for r in layers if r.get("output_sqnr_per_tensor") is not None]
     o_median = statistics.median(outs) if outs else None
     for layer in layers:
         reasons = []
-        if layer["weight_sqnr_per_tensor"] < w_median - WEIGHT_MARGIN_DB:
+        weight_sqnr, limit = layer["weight_sqnr_per_tensor"], w_median - WEIGHT_MARGIN_DB
+        if weight_sqnr < limit:
             reasons.append(
-                f"per-tensor weight SQNR {layer['weight_sqnr_per_tensor']:.1f} dB < {w_median - WEIGHT_MARGIN_DB:.1f}"
-                f" (median - {WEIGHT_MARGIN_DB:g}): channel ranges differ {_fmt_spread(layer['range_spread'])}"
+                f"per-tensor weight SQNR {weight_sqnr:.1f} dB < {limit:.1f} (median - {WEIGHT_MARGIN_DB:g}): "
+                f"channel ranges differ {_fmt_spread(layer['range_spread'])}"
             )
         out = layer.get("output_sqnr_per_tensor")
         if o_median is not None and out is not None and out < o_median - OUTPUT_MARGIN_DB:
@@ -224,12 +225,15 @@ def analyze(
     resolution: int | None = None,
     end_to_end: bool = True,
     runtimes: list[str] | None = None,
+    configs: list[str] | None = None,
+    calib: str | None = None,
     plot: str | None = None,
     work_dir: str | None = None,
 ) -> dict[str, Any]:
     """Per-layer analysis at ``bits`` and (``end_to_end``) the real int8 runtimes table."""
     from calibration.equalize import fold_batchnorm
 
+    levels = 2 ** (bits - 1) - 1
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise UsageError(f"--bits {bits} is not supported", "use 8, 6 or 4 (2-8 work)")
     model, spec = load_model(name, pretrained)
@@ -244,19 +248,223 @@ def analyze(
         "resolution": spec.resolution,
         "images": source,
         "sensitivity_images": min(len(x), SENSITIVITY_IMAGES),
-        "method": f"BN folded; symmetric {bits}-bit weights ([-{2 ** (bits - 1) - 1}, {2 ** (bits - 1) - 1}]), "
-        "per tensor vs per output channel; sensitivity = logits SQNR in PyTorch with only that layer quantised",
+        "method": f"BN folded; symmetric {bits}-bit weights ([-{levels}, {levels}]), per tensor vs per "
+        "output channel; sensitivity = logits SQNR in PyTorch (float activations), only that layer quantised",
         "layers": layers,
         "by_kind": summarize_by_kind(layers),
         "worst_layer": worst_layer(folded, layers),
         "end_to_end": [],
     }
     if end_to_end:
-        from edgekit.analysis.endtoend import run_configs
-
-        result["end_to_end"] = run_configs(name, model, spec, x, labels, runtimes=runtimes, work_dir=work_dir)
+        calib_set = calibration_tensors(calib, spec)
+        result["calibration"] = calib_set.source
+        result["end_to_end"] = run_configs(
+            model, x, labels, calib_set.tensors, configs=configs, runtimes=runtimes, work_dir=work_dir
+        )
+        result["end_to_end_method"] = (
+            f"real files: ONNX Runtime QDQ and LiteRT (litert-torch PT2E) int8, 1 thread; top-1/5 on "
+            f"{source}; agreement = same top-1 as PyTorch float; calibration: {calib_set.source}; "
+            "wNa8 = weights fake-quantised to N bits per channel in PyTorch, then exported as int8"
+        )
     if plot:
-        from edgekit.analysis.plots import plot_analysis
-
         result["plot"] = str(plot_analysis(result, Path(plot)))
     return result
+
+
+# --- end to end on the real runtimes ------------------------------------------------------------
+
+# name -> (weight bits, per channel, CLE + bias correction); None bits = the float files.
+CONFIGS: dict[str, tuple[int | None, bool, bool]] = {
+    "float": (None, True, False),
+    "int8-per-tensor": (8, False, False),
+    "int8-per-channel": (8, True, False),
+    "int8-per-tensor-cle": (8, False, True),
+    "int8-per-channel-cle": (8, True, True),
+    "w6a8-per-channel": (6, True, False),
+    "w4a8-per-channel": (4, True, False),
+    # Where the per-tensor collapse appears and what equalisation does about it.
+    "w6a8-per-tensor": (6, False, False),
+    "w6a8-per-tensor-cle": (6, False, True),
+    "w4a8-per-tensor": (4, False, False),
+    "w4a8-per-tensor-cle": (4, False, True),
+    "w4a8-per-channel-cle": (4, True, True),
+}
+DEFAULT_RUNTIMES = ("onnxruntime", "litert")
+CALIB_SAMPLES = 64
+BIAS_BATCH = 16
+
+
+def calibration_tensors(calib: str | None, spec: Any) -> Any:
+    """The activation-range (and bias-correction) tensors: ``--calib``, built-in photos by default."""
+    from calibration.sources import calibration_set
+
+    return calibration_set(calib, spec, CALIB_SAMPLES, seed=0)
+
+
+def prepare_model(model: Any, config: str, calib: np.ndarray) -> Any:
+    """A BN-folded copy of ``model`` as ``config`` deploys it (equalised, bias-corrected, N-bit weights)."""
+    from calibration.equalize import bias_correct, cross_layer_equalize, fold_batchnorm
+    from calibration.fakequant import fake_quantize_weights_
+
+    bits, per_channel, cle = CONFIGS[config]
+    prepared = fold_batchnorm(copy.deepcopy(model).eval())
+    if cle:
+        cross_layer_equalize(prepared)
+        batches = [calib[i : i + BIAS_BATCH] for i in range(0, len(calib), BIAS_BATCH)]
+        bias_correct(prepared, batches, weight_bits=bits, per_channel=per_channel)
+    if bits is not None and bits < 8:
+        fake_quantize_weights_(prepared, bits, per_channel)
+    return prepared
+
+
+def write_artifacts(
+    model: Any, config: str, calib: np.ndarray, folder: Path, runtimes: list[str]
+) -> dict[str, Path]:
+    """The files of one configuration: {runtime: path}; int8 through the project's quantisers."""
+    import torch
+
+    from exporters import export
+
+    bits, per_channel, _ = CONFIGS[config]
+    folder.mkdir(parents=True, exist_ok=True)
+    example = torch.from_numpy(calib[:1])
+    files = {}
+    if "onnxruntime" in runtimes:
+        files["onnxruntime"] = folder / ("model.onnx" if bits is None else "model_int8.onnx")
+        if bits is None:
+            export("onnx-fp32", model, example, files["onnxruntime"])
+        else:
+            from calibration.onnx_int8 import quantize_onnx
+
+            export("onnx-fp32", model, example, folder / "model.onnx")
+            quantize_onnx(folder / "model.onnx", files["onnxruntime"], calib, per_channel=per_channel)
+    if "litert" in runtimes:
+        files["litert"] = folder / ("model_fp32.tflite" if bits is None else "model_int8.tflite")
+        if bits is None:
+            export("tflite-fp32", model, example, files["litert"])
+        else:
+            from calibration.tflite_int8 import quantize_tflite
+
+            quantize_tflite(model, files["litert"], calib, per_channel=per_channel)
+    return files
+
+
+def accuracy(logits: np.ndarray, labels: list[int] | None, reference: np.ndarray) -> dict[str, float | None]:
+    """top-1 / top-5 (None without labels) and top-1 agreement with the float predictions, in %."""
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    agreement = float(np.mean(top5[:, 0] == reference) * 100)
+    if labels is None:
+        return {"top1": None, "top5": None, "agreement_top1": agreement}
+    y = np.asarray(labels)
+    return {
+        "top1": float(np.mean(top5[:, 0] == y) * 100),
+        "top5": float(np.mean((top5 == y[:, None]).any(axis=1)) * 100),
+        "agreement_top1": agreement,
+    }
+
+
+def run_file(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """Logits of ``x`` (NCHW) from one file on one engine, 1 thread."""
+    from calibration.preprocess import to_layout
+    from runtimes import get_runtime
+
+    session = get_runtime(runtime).load(path, threads=1)
+    return session.run(to_layout(x, "NHWC" if runtime == "litert" else "NCHW"))
+
+
+def run_configs(
+    model: Any,
+    x: np.ndarray,
+    labels: list[int] | None,
+    calib: np.ndarray,
+    *,
+    configs: list[str] | None = None,
+    runtimes: list[str] | None = None,
+    work_dir: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (configuration, runtime): real files, real engines; errors become a row note."""
+    import tempfile
+
+    import torch
+
+    from edgekit.errors import EdgekitError
+
+    configs = configs or list(CONFIGS)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise UsageError(f"unknown configuration {', '.join(unknown)}", f"use some of {', '.join(CONFIGS)}")
+    runtimes = list(runtimes or DEFAULT_RUNTIMES)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy().argmax(axis=1)
+    rows = [{"config": "float", "runtime": "torch", **accuracy(model(torch.from_numpy(x)).detach().numpy(),
+                                                                  labels, reference)}]
+    with tempfile.TemporaryDirectory(prefix="edgekit-analyze-") as tmp:
+        root = Path(work_dir) if work_dir else Path(tmp)
+        for config in configs:
+            try:
+                prepared = prepare_model(model, config, calib)
+                files = write_artifacts(prepared, config, calib, root / config, runtimes)
+            except EdgekitError as exc:
+                rows += [{"config": config, "runtime": rt, "top1": None, "top5": None, "agreement_top1": None,
+                          "error": exc.message} for rt in runtimes]
+                continue
+            for runtime, path in files.items():
+                try:
+                    scores = accuracy(run_file(runtime, path, x), labels, reference)
+                except EdgekitError as exc:
+                    scores = {"top1": None, "top5": None, "agreement_top1": None, "error": exc.message}
+                rows.append({"config": config, "runtime": runtime, **scores})
+    return rows
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+KIND_COLORS = {"standard": "tab:gray", "depthwise": "tab:red", "pointwise": "tab:blue", "group": "tab:purple",
+               "linear": "tab:green"}
+
+
+def plot_sqnr(result: dict[str, Any], ax: Any) -> None:
+    """Per-tensor (bars) and per-channel (dots) weight SQNR by layer, coloured by kind."""
+    layers = result["layers"]
+    index = range(len(layers))
+    colors = [KIND_COLORS[layer["kind"]] for layer in layers]
+    ax.bar(index, [layer["weight_sqnr_per_tensor"] for layer in layers], color=colors, width=0.8)
+    ax.scatter(index, [layer["weight_sqnr_per_channel"] for layer in layers], c=colors, marker="o", s=14,
+               edgecolors="black", linewidths=0.4, zorder=3)
+    for kind, color in KIND_COLORS.items():
+        if any(layer["kind"] == kind for layer in layers):
+            ax.bar([], [], color=color, label=kind)
+    ax.set_xlabel("layer (network order)")
+    ax.set_ylabel(f"weight SQNR, {result['bits']}-bit (dB)")
+    ax.set_title(f"{result['model']}: per-tensor (bars) vs per-channel (dots), BN folded")
+    ax.legend(fontsize=8, ncol=len(KIND_COLORS))
+
+
+def plot_ranges(result: dict[str, Any], ax: Any) -> None:
+    """Per-output-channel max |w| of the layer with the worst per-tensor SQNR (log scale)."""
+    worst = result["worst_layer"]
+    ranges = worst["ranges"]
+    ax.bar(range(len(ranges)), ranges, color=KIND_COLORS[worst["kind"]], width=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("output channel")
+    ax.set_ylabel("max |w| (BN folded)")
+    spread = max(ranges) / max(min(ranges), 1e-30)
+    ax.set_title(f"worst layer {worst['name']} ({worst['kind']}): channel ranges differ {spread:,.0f}x")
+
+
+def plot_analysis(result: dict[str, Any], path: Path, panels: tuple[str, ...] = ("sqnr", "ranges")) -> Path:
+    """Write the chosen panels (``sqnr``, ``ranges``) as one PNG/SVG/PDF at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    draw = {"sqnr": plot_sqnr, "ranges": plot_ranges}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    for panel, ax in zip(panels, axes[:, 0], strict=True):
+        draw[panel](result, ax)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

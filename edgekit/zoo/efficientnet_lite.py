@@ -9,7 +9,9 @@ in [-1, 1]. Module names are edgekit's; ``edgekit.zoo.weights`` maps the ported 
 
 from __future__ import annotations
 
+import math
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +35,27 @@ MBCONV_SETTING = (
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 
 
+class SameConvBNAct(ConvBNAct):
+    """ConvBNAct with TF's "SAME" padding: the odd pixel of a strided conv goes bottom/right.
+
+    PyTorch's symmetric padding shifts every strided conv by half a pixel against the TF-trained
+    weights, which costs them several points of top-1. Shapes are static once traced, so the pad
+    exports as one constant Pad op.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, **kwargs)
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
+            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(nn.functional.pad(x, pads))
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: 1x1 expand -> kxk depthwise -> linear 1x1 project (+ identity)."""
 
@@ -43,7 +66,8 @@ class MBConv(nn.Module):
         self.use_res_connect = stride == 1 and in_channels == out_channels
         conv = partial(ConvBNAct, norm_layer=BatchNorm)
         self.expand = conv(in_channels, hidden, 1) if expand_ratio != 1 else nn.Identity()
-        self.depthwise = conv(hidden, hidden, kernel, stride, groups=hidden)
+        depthwise = partial(SameConvBNAct, norm_layer=BatchNorm) if stride > 1 else conv
+        self.depthwise = depthwise(hidden, hidden, kernel, stride, groups=hidden)
         self.project = conv(hidden, out_channels, 1, activation=None)
         self.out_channels = out_channels
 
@@ -55,7 +79,7 @@ class MBConv(nn.Module):
 class EfficientNetLite(nn.Module):
     def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2) -> None:
         super().__init__()
-        self.stem = ConvBNAct(3, STEM_CHANNELS, stride=2, norm_layer=BatchNorm)
+        self.stem = SameConvBNAct(3, STEM_CHANNELS, 3, 2, norm_layer=BatchNorm)
         blocks: list[nn.Module] = []
         in_channels = STEM_CHANNELS
         for expand_ratio, kernel, stride, channels, repeats in MBCONV_SETTING:

@@ -26,7 +26,7 @@ STAGE_OUT_CHANNELS = {
 
 
 def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    return max(multiple, round(value / multiple) * multiple)
 
 
 class ShuffleUnit(nn.Module):
@@ -36,7 +36,9 @@ class ShuffleUnit(nn.Module):
     pool and the two paths are concatenated, so the residual path only produces the new channels.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, groups: int, group_first: bool) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, groups: int, group_first: bool
+    ) -> None:
         super().__init__()
         self.stride = stride
         # The first pointwise layer of stage 2 sees only 24 channels: too few to split (Sec. 3.3).

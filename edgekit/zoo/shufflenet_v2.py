@@ -23,15 +23,26 @@ STAGE_OUT_CHANNELS = {
 
 
 def _depthwise(channels: int, stride: int) -> list[nn.Module]:
-    return [nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False), nn.BatchNorm2d(channels)]
+    return [
+        nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False),
+        nn.BatchNorm2d(channels),
+    ]
 
 
 def _pointwise(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def _stem(out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(3, out_channels, 3, 2, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(3, out_channels, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class InvertedResidual(nn.Module):
@@ -46,7 +57,9 @@ class InvertedResidual(nn.Module):
         self.stride = stride
         branch_channels = out_channels // 2
         if stride > 1:
-            self.branch1 = nn.Sequential(*_depthwise(in_channels, stride), *_pointwise(in_channels, branch_channels))
+            self.branch1 = nn.Sequential(
+                *_depthwise(in_channels, stride), *_pointwise(in_channels, branch_channels)
+            )
         else:
             self.branch1 = nn.Sequential()
         branch2_in = in_channels if stride > 1 else branch_channels

@@ -1,4 +1,8 @@
-"""ONNX Runtime, CPUExecutionProvider: the reference engine for ``.onnx`` files (float and QDQ int8)."""
+"""ONNX Runtime, CPUExecutionProvider: the engine for ``.onnx`` files (float and QDQ int8).
+
+Named ort.py, not onnxruntime.py, so that running runtimes/runner.py as a script (which puts
+runtimes/ first on sys.path) can never shadow the real onnxruntime package.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,138 @@
+"""Accuracy of every artifact in a folder against the PyTorch float reference (``edgekit eval``).
+
+Each file runs in its real engine (runtimes package) on the same preprocessed images. Against
+the float reference (``model.pt2`` in torch.export) every format gets top-1 agreement, top-5
+overlap, logit cosine and SQNR; with labelled data (ImageFolder with ImageNet synset folders)
+also top-1/top-5 and the drop in points. Without ``--data`` the built-in photographs are used
+(seeded crops of scikit-image's photos, no labels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.preprocess import PreprocessSpec, to_layout
+from edgekit.errors import ArtifactError, UsageError
+from edgekit.manifest import FORMATS, model_path, read_manifest, record_result
+
+BUILTIN_IMAGES = 64
+BUILTIN_SEED = 2024  # not the calibration seed: eval crops differ from the calibration crops
+WORST = 5
+DEFAULT_LAYOUT = {"torch": "NCHW", "onnx": "NCHW", "tflite": "NHWC"}
+
+
+def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: int | None = None,
+             target: str = "local", threads: int = 1) -> dict[str, Any]:
+    """Run every artifact on the same images; per-format accuracy and agreement with PyTorch float."""
+    if target != "local":
+        raise UsageError(f"eval on target {target!r} is not supported yet",
+                         "run `edgekit eval` with --target local")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be positive, got {limit}", "pass e.g. --limit 100")
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder)
+    if "torch" not in manifest["files"]:
+        raise ArtifactError(f"{folder} has no torch reference (model.pt2)", "re-run `edgekit export` for it")
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    images, labels, names, data_desc = load_eval_images(spec, data, limit)
+    outputs, measured_by = {}, {}
+    for fmt in [f for f in FORMATS if f in manifest["files"]]:
+        outputs[fmt], measured_by[fmt] = run_format(folder, manifest, fmt, images, threads)
+    reference = outputs["torch"]
+    rows = [{"format": fmt, **measured_by[fmt], **figures(reference, out, labels, names)}
+            for fmt, out in outputs.items()]
+    if labels is not None:
+        for row in rows:
+            row["drop_top1"] = round(rows[0]["top1"] - row["top1"], 2)
+    result = {
+        "formats": rows,
+        "measured": {
+            "images": len(images), "data": data_desc, "labelled": labels is not None, "threads": threads,
+            "target": target, "reference": "torch (model.pt2, float32)",
+            "preprocess": spec.to_dict(),
+        },
+    }
+    record_result(folder, "eval", result)
+    return result
+
+
+def load_eval_images(spec: PreprocessSpec, data: str | Path | None,
+                     limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
+    """NCHW batch, labels (None when unknown), image names, and a description of the data."""
+    from calibration import sources
+
+    if data is None:
+        n = limit or BUILTIN_IMAGES
+        batch = sources.builtin_tensors(spec, n, BUILTIN_SEED)
+        photos = [name for name, _ in sources.builtin_photos()]
+        names = [f"{photos[i % len(photos)]}#crop{i}" for i in range(n)]
+        return batch, None, names, f"built-in photographs (scikit-image, {n} seeded crops, no labels)"
+    items = sources.labelled_images(data)
+    if limit is not None and limit < len(items):
+        # Evenly spaced, so a limited run still covers every class folder.
+        items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+    batch, _ = sources.load_images([p for p, _ in items], spec)
+    known = [label for _, label in items]
+    labels = np.array(known) if all(label is not None for label in known) else None
+    names = [p.relative_to(data).as_posix() for p, _ in items]
+    return batch, labels, names, str(data)
+
+
+def run_format(folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray,
+               threads: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits of one artifact in its default engine, and how they were obtained."""
+    from runtimes import get_runtime, runtime_for_file
+
+    path = model_path(folder, manifest, fmt)
+    runtime = get_runtime(runtime_for_file(path))
+    session = runtime.load(path, threads=threads)
+    layout = manifest["files"][fmt].get("layout") or DEFAULT_LAYOUT[fmt.split("-")[0]]
+    logits = session.run(to_layout(images, layout))
+    info = session.describe()
+    how = {"runtime": info.get("runtime"), "version": info.get("version"),
+           "accelerator": info.get("delegate") or info.get("provider"), "layout": layout}
+    return logits, how
+
+
+def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None,
+            names: list[str]) -> dict[str, Any]:
+    """Agreement, top-5 overlap, cosine, SQNR vs the reference; top-1/5 with labels; worst images."""
+    ref = reference.astype(np.float64)
+    out = output.astype(np.float64)
+    cos = cosine(ref, out)
+    row: dict[str, Any] = {
+        "images": len(out),
+        "agreement_top1": round(100 * float(np.mean(ref.argmax(1) == out.argmax(1))), 2),
+        "top5_overlap": round(100 * top5_overlap(ref, out), 2),
+        "cosine": round(float(cos.mean()), 6),
+        "cosine_min": round(float(cos.min()), 6),
+        "sqnr_db": round(sqnr_db(ref, out), 2),
+        "worst": [{"image": names[i], "cosine": round(float(cos[i]), 6)} for i in np.argsort(cos)[:WORST]],
+    }
+    if labels is not None:
+        top5 = np.argsort(-out, axis=1)[:, :5]
+        row["top1"] = round(100 * float(np.mean(top5[:, 0] == labels)), 2)
+        row["top5"] = round(100 * float(np.mean((top5 == labels[:, None]).any(1))), 2)
+    return row
+
+
+def cosine(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per-image cosine similarity of two logit batches."""
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    return np.sum(ref * out, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio of the logits, in dB (inf when identical)."""
+    noise = float(np.sum((ref - out) ** 2))
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(np.sum(ref**2) / noise))
+
+
+def top5_overlap(ref: np.ndarray, out: np.ndarray) -> float:
+    """Mean fraction of the reference's top-5 classes that the output's top-5 also has."""
+    a = np.argsort(-ref, axis=1)[:, :5]
+    b = np.argsort(-out, axis=1)[:, :5]
+    return float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, b, strict=True)]))

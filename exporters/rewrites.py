@@ -1,0 +1,78 @@
+"""Activation rewrites that keep int8 models on the runtimes' integer fast paths.
+
+Hard-swish and hard-sigmoid have no int8 kernel in the runtimes we ship: LiteRT leaves an int8
+HARD_SWISH outside the XNNPACK delegate (each one splits the graph into another partition), and
+ONNX Runtime runs HardSwish/HardSigmoid in float32 between a DequantizeLinear and a QuantizeLinear.
+Written with ops both runtimes run in int8 they stay on the fast path::
+
+    hardswish(x)   = x * relu6(x + 3) * (1/6)
+    hardsigmoid(x) = relu6(x + 3) * (1/6)
+
+which is exact in float32 up to rounding (Add + ReLU6 fuse into one int8 ADD / QLinearAdd, the
+two multiplies are int8 MUL / QLinearMul). Sigmoid, ReLU and ReLU6 already have int8 kernels and
+are left as they are. The rewrite is applied to a copy of the float model right before the int8
+quantisers (``calibration.int8``); the float artifacts keep the original modules.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+SIXTH = 1.0 / 6.0
+
+
+class HardSigmoidDecomposed(nn.Module):
+    """``relu6(x + 3) / 6`` as add, ReLU6 and a multiply by a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu6(x + 3.0) * SIXTH
+
+
+class HardSwishDecomposed(nn.Module):
+    """``x * relu6(x + 3) / 6``: the gate first, then the two multiplies (x * gate, then by 1/6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.relu6(x + 3.0) * SIXTH
+
+
+REWRITES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Hardswish: HardSwishDecomposed,
+    nn.Hardsigmoid: HardSigmoidDecomposed,
+}
+
+
+def int8_friendly(model: nn.Module) -> dict[str, Any]:
+    """Replace, in place, every activation module of ``REWRITES`` by its int8-friendly form.
+
+    Returns ``{"rewritten": {"Hardswish": n, ...}, "formulation": {...}}`` (empty counts when the
+    model has none, e.g. ReLU6 networks).
+    """
+    counts: Counter[str] = Counter()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = REWRITES.get(type(child))
+            if replacement is not None:
+                setattr(parent, name, replacement())
+                counts[type(child).__name__] += 1
+    return {
+        "rewritten": dict(sorted(counts.items())),
+        "formulation": {
+            "Hardswish": "x * relu6(x + 3) * (1/6)",
+            "Hardsigmoid": "relu6(x + 3) * (1/6)",
+        },
+    }
+
+
+__all__ = ["HardSigmoidDecomposed", "HardSwishDecomposed", "int8_friendly"]

@@ -1,0 +1,149 @@
+"""Calibration sources (folder, .npy, built-in, errors) and the range estimators."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from calibration.preprocess import PreprocessSpec
+from calibration.ranges import METHODS, onnx_activation_ranges, select_range
+from calibration.sources import calibration_set, labelled_images
+from edgekit.errors import DataError
+
+SPEC = PreprocessSpec(resolution=64, resize=73)
+
+
+def _save(path, size=(90, 70), mode="RGB", value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value).save(path)
+    return path
+
+
+def test_folder_any_depth_and_sizes(tmp_path):
+    _save(tmp_path / "a.jpg")
+    _save(tmp_path / "x" / "y" / "b.png", size=(300, 120))
+    _save(tmp_path / "x" / "c.webp", size=(40, 40))
+    (tmp_path / "notes.txt").write_text("not an image")
+    calib = calibration_set(tmp_path, SPEC)
+    assert calib.tensors.shape == (3, 3, 64, 64)
+    assert calib.tensors.dtype == np.float32
+
+
+def test_grey_image_is_converted(tmp_path):
+    _save(tmp_path / "grey.png", mode="L", value=200)
+    tensors = calibration_set(tmp_path, SPEC).tensors
+    # A grey pixel becomes R=G=B before normalisation: channels differ only by mean/std.
+    raw = tensors[0] * np.array(SPEC.std)[:, None, None] + np.array(SPEC.mean)[:, None, None]
+    assert np.allclose(raw[0], raw[1], atol=1e-5) and np.allclose(raw[1], raw[2], atol=1e-5)
+    assert abs(float(raw.mean()) - 200 / 255) < 1e-3
+
+
+def test_empty_folder_names_it(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path)):
+        calibration_set(tmp_path, SPEC)
+
+
+def test_corrupt_image_named_and_skipped_with_warning(tmp_path, caplog):
+    _save(tmp_path / "good.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        calibration_set(tmp_path, SPEC)
+    with caplog.at_level(logging.WARNING):
+        calib = calibration_set(tmp_path, SPEC, skip_bad_images=True)
+    assert len(calib.tensors) == 1
+    assert "broken.jpg" in caplog.text
+
+
+def test_too_few_samples_says_counts(tmp_path):
+    _save(tmp_path / "a.jpg")
+    _save(tmp_path / "b.jpg")
+    with pytest.raises(DataError, match="has 2 calibration samples, 5 were asked"):
+        calibration_set(tmp_path, SPEC, samples=5)
+
+
+def test_npy_float_and_uint8(tmp_path):
+    rng = np.random.default_rng(0)
+    floats = rng.standard_normal((6, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "t.npy", floats)
+    assert np.array_equal(calibration_set(tmp_path / "t.npy", SPEC).tensors, floats)
+    images = rng.integers(0, 255, (4, 100, 80, 3), dtype=np.uint8)
+    np.save(tmp_path / "u.npy", images)
+    assert calibration_set(tmp_path / "u.npy", SPEC, samples=3).tensors.shape == (3, 3, 64, 64)
+    np.save(tmp_path / "bad.npy", floats[:, :, :32, :32])
+    with pytest.raises(DataError, match="32x32"):
+        calibration_set(tmp_path / "bad.npy", SPEC)
+
+
+def test_builtin_is_seeded_and_varied():
+    a = calibration_set("builtin", SPEC, samples=12, seed=3).tensors
+    b = calibration_set(None, SPEC, samples=12, seed=3).tensors
+    c = calibration_set("builtin", SPEC, samples=12, seed=4).tensors
+    assert a.shape == (12, 3, 64, 64)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    # Real photographs, not noise: crops differ from one another and are not N(0, 1).
+    assert len({round(float(t.mean()), 3) for t in a}) == 12
+    assert abs(float(a.std()) - 1.0) > 0.05 or abs(float(a.mean())) > 0.05
+
+
+def test_imagefolder_labels_from_synsets(tmp_path):
+    _save(tmp_path / "n01440764" / "tench.jpg")
+    _save(tmp_path / "n01443537" / "goldfish.jpg")
+    _save(tmp_path / "unknown" / "x.jpg")
+    labels = {p.name: label for p, label in labelled_images(tmp_path)}
+    assert labels == {"tench.jpg": 0, "goldfish.jpg": 1, "x.jpg": None}
+    (tmp_path / "index.txt").write_text("unknown/x.jpg 7\n")
+    assert dict((p.name, lab) for p, lab in labelled_images(tmp_path, tmp_path / "index.txt"))["x.jpg"] == 7
+
+
+def _histogram(data, bins=2048):
+    return np.histogram(data, bins, (data.min(), data.max()))[0], float(data.min()), float(data.max())
+
+
+def test_methods_pick_different_ranges():
+    rng = np.random.default_rng(0)
+    # A ReLU-like tensor with a long tail: every estimator clips it differently.
+    data = np.concatenate([np.maximum(rng.standard_normal(100_000), 0), rng.exponential(3.0, 200)])
+    hist, lo, hi = _histogram(data)
+    picked = {m: select_range(hist, lo, hi, m) for m in METHODS}
+    assert picked["minmax"] == pytest.approx((0.0, hi))
+    highs = [picked[m][1] for m in METHODS]
+    assert len({round(h, 3) for h in highs}) == len(METHODS), picked
+    assert all(p[0] == 0.0 for p in picked.values())  # non-negative stays non-negative
+    assert all(h <= hi + 1e-9 for h in highs)
+
+
+def test_mse_range_minimises_quantisation_error():
+    rng = np.random.default_rng(1)
+    data = np.concatenate([rng.standard_normal(50_000), [25.0, -20.0]])
+    hist, lo, hi = _histogram(data)
+
+    def mse(r):
+        scale = (r[1] - r[0]) / 255
+        q = np.clip(np.round((data - r[0]) / scale), 0, 255) * scale + r[0]
+        return float(np.mean((q - data) ** 2))
+
+    errors = {m: mse(select_range(hist, lo, hi, m)) for m in METHODS}
+    # The MSE search is optimal by its own criterion, up to its grid and the histogram's bins.
+    assert errors["mse"] <= 1.02 * min(errors.values()), errors
+    assert errors["mse"] < errors["minmax"]
+
+
+def test_symmetric_ranges_and_zero_inside():
+    rng = np.random.default_rng(2)
+    data = rng.uniform(0.5, 3.0, 10_000)  # all positive: zero must still be representable
+    hist, lo, hi = _histogram(data)
+    for method in METHODS:
+        a, b = select_range(hist, lo, hi, method)
+        assert a == 0.0 and b > 0
+        s_lo, s_hi = select_range(hist, lo, hi, method, symmetric=True)
+        assert s_lo == -s_hi
+
+
+def test_onnx_activation_ranges_two_passes():
+    batches = [np.arange(10, dtype=np.float32) - 3, np.arange(10, dtype=np.float32) * 2]
+    ranges = onnx_activation_ranges(lambda b: {"t": b}, batches, "minmax")
+    assert ranges["t"] == pytest.approx((-3.0, 18.0))

@@ -1,0 +1,141 @@
+"""BN folding, cross-layer equalisation and bias correction keep (or fix) what they promise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from calibration.equalize import (
+    ChannelClamp,
+    bias_correct,
+    cross_layer_equalize,
+    fold_batchnorm,
+    output_ranges,
+)
+from calibration.fakequant import fake_quantize_weights_, quantize_weight, sqnr_db
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.2)
+            # Very different gammas per channel: the spread CLE has to remove.
+            m.weight.data.copy_(torch.exp(torch.randn(n, generator=gen) * 1.5))
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.5)
+    return model.eval()
+
+
+def _block(act: type[nn.Module] = nn.ReLU) -> nn.Module:
+    """Expand 1x1 -> depthwise 3x3 -> project 1x1, the MobileNetV2 inverted residual body."""
+    return nn.Sequential(
+        nn.Conv2d(8, 32, 1, bias=False), nn.BatchNorm2d(32), act(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), act(),
+        nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16),
+        nn.Flatten(), nn.Linear(16 * 12 * 12, 10),
+    )
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.randn(8, 8, 12, 12, generator=torch.Generator().manual_seed(1)) * 2
+
+
+def test_fold_batchnorm_is_exact(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(_block())
+    with torch.no_grad():
+        ref = model(x)
+        folded = fold_batchnorm(copy.deepcopy(model))
+        out = folded(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert _rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6])
+def test_cle_keeps_function_and_equalises_depthwise(x: torch.Tensor, act: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(_block(act))
+    with torch.no_grad():
+        ref = model(x)
+    dw_before = fold_batchnorm(copy.deepcopy(model))[3].weight
+    spread_before = float(output_ranges(dw_before).max() / output_ranges(dw_before).min())
+    report = cross_layer_equalize(model)  # relu6="clip": exact
+    with torch.no_grad():
+        out = model(x)
+    assert report["pairs"] == 2
+    assert _rel_err(out, ref) < 1e-4
+    r = output_ranges(model[3].weight)
+    spread_after = float(r.max() / r.min())
+    assert spread_after < 0.8 * spread_before
+    if act is nn.ReLU6:
+        assert isinstance(model[2], ChannelClamp) and isinstance(model[5], ChannelClamp)
+
+
+def test_cle_relu_mode_reports_float_change(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(_block(nn.ReLU6))
+    with torch.no_grad():
+        ref = model(x)
+    cross_layer_equalize(model, relu6="relu")
+    assert not any(isinstance(m, nn.ReLU6 | ChannelClamp) for m in model.modules())
+    with torch.no_grad():
+        out = model(x)
+    # Equal where no activation exceeded 6 before scaling; the clipped ones now pass through.
+    assert torch.isfinite(out).all()
+    assert _rel_err(out, ref) < 1.0
+
+
+def test_cle_per_tensor_sqnr_improves_on_depthwise(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = fold_batchnorm(_randomize_bn(_block()))
+    w = model[3].weight.detach().clone()
+    before = sqnr_db(w, quantize_weight(w, 8, per_channel=False))
+    cross_layer_equalize(model)
+    w = model[3].weight.detach()
+    after = sqnr_db(w, quantize_weight(w, 8, per_channel=False))
+    assert after > before + 3.0
+
+
+def test_bias_correction_reduces_output_mean_error(x: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    model = fold_batchnorm(_randomize_bn(_block()))
+    calib = [torch.randn(16, 8, 12, 12, generator=torch.Generator().manual_seed(s)) * 2 for s in range(4)]
+
+    def mean_error(corrected: bool) -> float:
+        m = copy.deepcopy(model)
+        if corrected:
+            bias_correct(m, calib, weight_bits=4, per_channel=False)
+        fake_quantize_weights_(m, 4, per_channel=False)
+        with torch.no_grad():
+            return float((m(x) - model(x)).mean(dim=0).abs().mean())
+
+    report_model = copy.deepcopy(model)
+    report = bias_correct(report_model, calib, weight_bits=4, per_channel=False)
+    assert report["layers"] == 4
+    assert mean_error(corrected=True) < 0.7 * mean_error(corrected=False)
+
+
+def test_mobilenet_v2_cle_exact_with_relu6_clip() -> None:
+    from edgekit.zoo.mobilenet_v2 import MobileNetV2
+
+    torch.manual_seed(0)
+    model = _randomize_bn(MobileNetV2(num_classes=10))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x)
+    report = cross_layer_equalize(model)
+    with torch.no_grad():
+        out = model(x)
+    assert report["pairs"] >= 33  # 17 blocks: expand->dw and dw->project, plus stem->first dw
+    assert report["spread_after"] < report["spread_before"]
+    assert _rel_err(out, ref) < 1e-4
