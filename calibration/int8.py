@@ -39,16 +39,21 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
     calib = calibration_set(options.get("calib"), spec, options.get("calib_samples"), seed,
                             bool(options.get("skip_bad_images", False)))
     model, remedies = apply_remedies(model, calib.tensors, options, per_channel)
+    # int8 fast paths (exporters/rewrites.py): hard-swish/hard-sigmoid as ops with int8 kernels, on a copy
+    from exporters.rewrites import int8_friendly_copy
+
+    model, rewrites = int8_friendly_copy(model)
+    graph_changes = [*remedies, rewrites] if rewrites["rewritten"] else remedies
     files = manifest["files"]
     record: dict[str, Any] = {
         "source": calib.source, "samples": len(calib.tensors), "method": method, "per_channel": per_channel,
         "symmetric_activations": symmetric, "seed": seed, "detail": calib.detail, "remedies": remedies,
-        "activation_ranges": {},
+        "rewrites": rewrites, "activation_ranges": {},
     }
     checks = _verification_inputs(model, spec)
     if "onnx-fp32" in files:
         record["activation_ranges"]["onnx"] = _onnx(stage_dir, files, model, calib.tensors, method,
-                                                    per_channel, symmetric, remedies, checks)
+                                                    per_channel, symmetric, graph_changes, checks)
     if "tflite-fp32" in files:
         record["activation_ranges"]["tflite"] = _tflite(stage_dir, files, model, calib.tensors, method,
                                                         per_channel, symmetric, checks)

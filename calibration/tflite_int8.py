@@ -29,7 +29,9 @@ def quantization_config(per_channel: bool, symmetric_activations: bool, method: 
     act = dataclasses.replace(
         config.input_activation,
         qscheme=torch.per_tensor_symmetric if symmetric_activations else torch.per_tensor_affine,
-        observer_or_fake_quant_ctr=range_observer(method).with_args(eps=2**-12),
+        # litert-torch's eps=2**-12 floors the scale; a randomly initialised network's logits
+        # (~1e-8) would all land on one integer. A tiny floor keeps any non-empty range usable.
+        observer_or_fake_quant_ctr=range_observer(method).with_args(eps=1e-12),
     )
     return dataclasses.replace(config, input_activation=act, output_activation=act)
 

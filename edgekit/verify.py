@@ -20,12 +20,14 @@ import numpy as np
 from calibration.preprocess import PreprocessSpec, preprocess_pil, to_layout
 from edgekit.errors import VerificationError
 
-# The documented gates, per precision (docs/export.md explains the measurements behind them).
-# fp32: summation order differs between engines; measured max_rel_err <= 2e-6 across the zoo.
-# fp16: weights rounded to 11 significant bits; measured max_rel_err 1e-3..1e-2, cosine >= 0.9999.
+# The documented gates, per precision (docs/export.md lists the measurements behind them).
+# fp32: only the summation order differs between engines; measured max_rel_err <= 2.1e-6 over
+#       the zoo at 96 px (random init), so 1e-4 leaves ~50x headroom yet catches any real bug.
+# fp16: weights rounded to 11 significant bits; measured max_rel_err 2.5e-4..1.0e-3 and cosine
+#       >= 0.9999994, so 1e-2 / 0.9999 leave ~10x headroom for trained, deeper networks.
 GATES: dict[str, dict[str, float]] = {
     "fp32": {"max_rel_err": 1e-4, "min_cosine": 0.99999},
-    "fp16": {"max_rel_err": 5e-2, "min_cosine": 0.999},
+    "fp16": {"max_rel_err": 1e-2, "min_cosine": 0.9999},
 }
 N_RANDOM = 4
 N_IMAGES = 4

@@ -16,6 +16,7 @@ quantisers (``calibration.int8``); the float artifacts keep the original modules
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from typing import Any
 
@@ -25,26 +26,38 @@ from torch import nn
 SIXTH = 1.0 / 6.0
 
 
-class HardSigmoidDecomposed(nn.Module):
-    """``relu6(x + 3) / 6`` as add, ReLU6 and a multiply by a constant."""
+class _Decomposed(nn.Module):
+    """Holds the constants 3 and 1/6 as (1, 1, 1, 1) buffers for feature maps: litert-torch keeps an
+    int8 op in NHWC only when every input is 4-D, and a quantised scalar constant is 0-D (each
+    add/mul would then run NCHW between two TRANSPOSEs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.relu6 = nn.ReLU6()
+        self.register_buffer("three", torch.full((1, 1, 1, 1), 3.0), persistent=False)
+        self.register_buffer("sixth", torch.full((1, 1, 1, 1), SIXTH), persistent=False)
+
+    def constants(self, x: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        return (self.three, self.sixth) if x.dim() == 4 else (3.0, SIXTH)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        three, sixth = self.constants(x)
+        return self.relu6(x + three) * sixth
+
+
+class HardSigmoidDecomposed(_Decomposed):
+    """``relu6(x + 3) * (1/6)`` as add, ReLU6 and a multiply by a constant."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu6(x + 3.0) * SIXTH
+        return self.gate(x)
 
 
-class HardSwishDecomposed(nn.Module):
-    """``x * relu6(x + 3) / 6``: the gate first, then the two multiplies (x * gate, then by 1/6)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.relu6 = nn.ReLU6()
+class HardSwishDecomposed(_Decomposed):
+    """``x * relu6(x + 3) * (1/6)``: add + ReLU6, x times that, then the constant multiply."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.relu6(x + 3.0) * SIXTH
+        three, sixth = self.constants(x)
+        return x * self.relu6(x + three) * sixth
 
 
 REWRITES: dict[type[nn.Module], type[nn.Module]] = {
@@ -75,4 +88,12 @@ def int8_friendly(model: nn.Module) -> dict[str, Any]:
     }
 
 
-__all__ = ["HardSigmoidDecomposed", "HardSwishDecomposed", "int8_friendly"]
+def int8_friendly_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`int8_friendly` on a deep copy (the caller's float model keeps its modules)."""
+    if not any(type(m) in REWRITES for m in model.modules()):
+        return model, int8_friendly(model)  # nothing to rewrite: no copy, an empty report
+    model = copy.deepcopy(model).eval()
+    return model, int8_friendly(model)
+
+
+__all__ = ["HardSigmoidDecomposed", "HardSwishDecomposed", "int8_friendly", "int8_friendly_copy"]

@@ -49,7 +49,7 @@ def test_empty_folder_names_it(tmp_path):
 def test_corrupt_image_named_and_skipped_with_warning(tmp_path, caplog):
     _save(tmp_path / "good.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
-    with pytest.raises(DataError, match="broken.jpg"):
+    with pytest.raises(DataError, match=r"broken\.jpg"):
         calibration_set(tmp_path, SPEC)
     with caplog.at_level(logging.WARNING):
         calib = calibration_set(tmp_path, SPEC, skip_bad_images=True)

@@ -148,7 +148,7 @@ def test_mobilenet_v1_matches_paper_tables(
 ) -> None:
     _zoo()
     info = counting.model_info("mobilenet_v1", width=width, resolution=resolution)
-    assert round(info["macs"] / 1e6) == paper_macs
+    assert abs(info["macs"] / 1e6 - paper_macs) < 1  # the paper rounds some down (290.7 -> 290), some up
     assert round(info["params"] / 1e6, 1) == paper_params
 
 

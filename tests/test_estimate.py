@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -94,9 +97,9 @@ def test_calibration_error_on_ncnn_pi4_table() -> None:
     _zoo()
     errors = [abs(e["error_pct"]) for e in estimate.calibration_errors()]
     assert len(errors) == 14
-    # Measured with the stored constants: median 4.7%, worst 21% (see docs/estimate.md).
-    assert statistics.median(errors) < 10
-    assert max(errors) < 35
+    # Measured with the stored constants: median 4.9%, worst 18.9% (see docs/estimate.md).
+    assert statistics.median(errors) < 8
+    assert max(errors) < 25
 
 
 def test_stored_constants_are_the_fit() -> None:
@@ -106,3 +109,13 @@ def test_stored_constants_are_the_fit() -> None:
     for field in ("dense", "depthwise", "group", "parallel"):
         assert math.isclose(getattr(refit, field), getattr(estimate.FITTED, field), rel_tol=0.02), field
     assert math.isclose(refit.overhead_cycles, estimate.FITTED.overhead_cycles, rel_tol=0.05)
+
+
+def test_cli_table_is_labelled_an_estimate() -> None:
+    _zoo()
+    command = [sys.executable, "-m", "edgekit", "estimate", "mobilenet_v2", "--threads", "4"]
+    wide = {**os.environ, "COLUMNS": "200"}  # rich wraps the caption at the terminal width
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=wide)
+    assert result.returncode == 0, result.stderr
+    assert "ESTIMATE" in result.stdout and "not a measurement" in result.stdout
+    assert "Published: 61.88 ms" in result.stdout and "total (estimate)" in result.stdout

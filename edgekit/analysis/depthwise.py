@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import DataError, UsageError
 
 KINDS = ("standard", "depthwise", "pointwise", "group", "linear")
-SENSITIVITY_IMAGES = 32  # images for the per-layer sensitivity (2 x layers forward passes)
+SENSITIVITY_IMAGES = 16  # images for the per-layer sensitivity (2 x layers forward passes)
 WEIGHT_MARGIN_DB = 6.0  # flag: per-tensor weight SQNR this far below the network's median (4x the noise)
 OUTPUT_MARGIN_DB = 10.0  # flag: logits SQNR with this layer alone quantised, this far below the median
 SPREAD_FLOOR = 100.0  # "channels below 1/100 of the largest"

@@ -37,11 +37,13 @@ class IGCV3Block(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
-        hidden = int(round(in_channels * expand_ratio))
+        hidden = in_channels * expand_ratio
         self.use_res_connect = stride == 1 and in_channels == out_channels
         self.expand = ConvBNAct(in_channels, hidden, kernel_size=1, groups=POINTWISE_GROUPS, activation=None)
         self.depthwise = ConvBNAct(hidden, hidden, stride=stride, groups=hidden)
-        self.project = ConvBNAct(hidden, out_channels, kernel_size=1, groups=POINTWISE_GROUPS, activation=None)
+        self.project = ConvBNAct(
+            hidden, out_channels, kernel_size=1, groups=POINTWISE_GROUPS, activation=None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = channel_shuffle(self.expand(x), POINTWISE_GROUPS)

@@ -1,0 +1,96 @@
+"""`edgekit eval`: JSON keys, labelled accuracy, and the pretrained int8 accuracy targets."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgekit import evaluate
+from edgekit.cli import cli
+from edgekit.errors import UsageError
+from edgekit.manifest import read_manifest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/imagenet-sample")
+
+
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory):
+    from edgekit import pipeline
+
+    out = tmp_path_factory.mktemp("eval") / "mobilenet_v2"
+    pipeline.export("mobilenet_v2", out_dir=out, resolution=64, formats=["onnx"])
+    return out
+
+
+def test_eval_json_keys(float_dir):
+    result = CliRunner().invoke(cli, ["eval", str(float_dir), "--limit", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = {r["format"]: r for r in data["formats"]}
+    assert set(rows) == {"torch", "onnx-fp32"}
+    for row in rows.values():
+        for key in ("format", "runtime", "agreement_top1", "top5_overlap", "cosine", "sqnr_db", "images",
+                    "worst"):
+            assert key in row, key
+        assert row["images"] == 6
+    assert data["measured"]["labelled"] is False and data["measured"]["threads"] == 1
+    assert rows["torch"]["agreement_top1"] == 100.0 and math.isinf(rows["torch"]["sqnr_db"])
+    # fp32 ONNX vs PyTorch: same function up to summation order.
+    assert rows["onnx-fp32"]["cosine"] > 0.9999 and rows["onnx-fp32"]["sqnr_db"] > 40
+    assert read_manifest(float_dir)["results"]["eval"]["measured"]["images"] == 6
+
+
+def test_eval_labelled_folder(float_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    for wnid in ("n01440764", "n01443537"):
+        for i in range(2):
+            img = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+            (tmp_path / wnid).mkdir(exist_ok=True)
+            Image.fromarray(img).save(tmp_path / wnid / f"{i}.png")
+    result = evaluate.evaluate(float_dir, data=tmp_path)
+    torch_row = result["formats"][0]
+    assert result["measured"]["labelled"] and torch_row["format"] == "torch"
+    assert 0.0 <= torch_row["top1"] <= torch_row["top5"] <= 100.0
+    assert all(r["drop_top1"] == pytest.approx(torch_row["top1"] - r["top1"]) for r in result["formats"])
+
+
+def test_eval_remote_target_is_a_usage_error(float_dir):
+    with pytest.raises(UsageError, match="target"):
+        evaluate.evaluate(float_dir, target="pi4-emu")
+
+
+def test_metrics_on_known_values():
+    ref = np.array([[1.0, 2.0, 3.0, 0.0, -1.0, 5.0]])
+    assert evaluate.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
+    assert evaluate.cosine(ref, 2 * ref)[0] == pytest.approx(1.0)
+    assert evaluate.top5_overlap(ref, ref) == 1.0
+
+
+@pytest.mark.slow
+@needs_shared
+def test_pretrained_mobilenet_v2_int8_targets(tmp_path):
+    """Built-in calibration, per-channel: within 1 top-1 point of float and >= 93% agreement."""
+    from edgekit import pipeline
+
+    out = tmp_path / "mobilenet_v2"
+    try:
+        pipeline.export("mobilenet_v2", out_dir=out, pretrained=True, int8=True)
+    except Exception as exc:  # no network / weights package unavailable: not this test's subject
+        if type(exc).__name__ == "WeightsError":
+            pytest.skip(f"pretrained weights unavailable: {exc}")
+        raise
+    result = evaluate.evaluate(out, data=SHARED)
+    rows = {r["format"]: r for r in result["formats"]}
+    assert rows["torch"]["images"] == 250
+    for fmt in ("onnx-int8", "tflite-int8"):
+        assert rows[fmt]["drop_top1"] <= 1.0, rows[fmt]
+        assert rows[fmt]["agreement_top1"] >= 93.0, rows[fmt]
+    shutil.rmtree(out)

@@ -1,0 +1,103 @@
+"""int8 export of both formats: files run in their engines, agree with float, are reproducible."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from calibration.int8 import quantize_all
+from calibration.preprocess import PreprocessSpec
+from edgekit.manifest import read_manifest, sha256
+
+RESOLUTION = 64
+OPTIONS = {"calib": "builtin", "calib_samples": 16, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory):
+    """A small mobilenet_v2 (trained-like BN statistics are not needed: agreement is relative)."""
+    from edgekit import pipeline
+
+    out = tmp_path_factory.mktemp("int8") / "mobilenet_v2"
+    pipeline.export("mobilenet_v2", out_dir=out, resolution=RESOLUTION, int8=True,
+                    calib="builtin", calib_samples=16)
+    return out
+
+
+def test_int8_files_and_manifest(int8_dir):
+    manifest = read_manifest(int8_dir)
+    files = manifest["files"]
+    assert {"onnx-int8", "tflite-int8"} <= set(files)
+    tfl = files["tflite-int8"]
+    assert tfl["input"]["dtype"] == "int8" and tfl["output"]["dtype"] == "int8"
+    assert tfl["input"]["scale"] > 0 and -128 <= tfl["input"]["zero_point"] <= 127
+    # ORT fuses the QDQ pairs: integer convolutions, no float Conv left.
+    fused = files["onnx-int8"]["fused_ops"]
+    assert fused.get("QLinearConv", 0) > 30 and fused.get("Conv", 0) == 0
+    calib = manifest["calibration"]
+    assert calib["source"] == "builtin" and calib["samples"] == 16 and calib["per_channel"] is True
+    assert len(calib["activation_ranges"]["onnx"]) > 50 and len(calib["activation_ranges"]["tflite"]) > 30
+    for lo, hi in calib["activation_ranges"]["onnx"].values():
+        assert lo <= 0.0 <= hi
+
+
+@pytest.mark.parametrize("fmt", ["onnx-int8", "tflite-int8"])
+def test_int8_runs_and_agrees_with_float(int8_dir, fmt):
+    from edgekit import evaluate
+
+    manifest = read_manifest(int8_dir)
+    images, _, _, _ = evaluate.load_eval_images(PreprocessSpec.from_dict(manifest["preprocess"]), None, 24)
+    ref, _ = evaluate.run_format(int8_dir, manifest, "torch", images, threads=1)
+    out, how = evaluate.run_format(int8_dir, manifest, fmt, images, threads=1)
+    assert out.shape == ref.shape == (24, 1000)
+    cos = evaluate.cosine(ref.astype(np.float64), out.astype(np.float64))
+    # Random-init logits are tiny and close together; cosine is the robust check here.
+    assert float(cos.mean()) > 0.9, (fmt, how, float(cos.mean()))
+    assert manifest["files"][fmt]["verification"]["images"]["cosine_min"] > 0.8
+
+
+def test_same_command_same_int8_files(int8_dir, tmp_path):
+    """Seeded calibration: quantising the same float files again gives byte-identical int8 files."""
+    manifest = json.loads((int8_dir / "manifest.json").read_text())
+    for fmt in ("onnx-int8", "tflite-int8"):
+        manifest["files"].pop(fmt)
+    for entry in manifest["files"].values():
+        shutil.copy(int8_dir / entry["path"], tmp_path / entry["path"])
+    model = _reference_module()
+    quantize_all(tmp_path, manifest, model, OPTIONS)
+    for name in ("model_int8.onnx", "model_int8.tflite"):
+        assert sha256(tmp_path / name) == sha256(int8_dir / name), name
+
+
+def _reference_module():
+    import torch
+
+    from edgekit import pipeline
+
+    torch.manual_seed(0)  # the pipeline's seed: the same random-init weights as the fixture
+    return pipeline.build("mobilenet_v2", resolution=RESOLUTION).model
+
+
+@pytest.mark.slow
+def test_every_zoo_network_quantises(tmp_path):
+    """Both int8 formats for every network (random weights: agreement only)."""
+    from edgekit import evaluate, pipeline
+    from edgekit.zoo.registry import list_models
+
+    failures = {}
+    for name in list_models():
+        out = tmp_path / name
+        try:
+            pipeline.export(name, out_dir=out, resolution=96, int8=True, calib="builtin", calib_samples=8)
+            result = evaluate.evaluate(out, limit=16)
+        except Exception as exc:  # collect every failing network, not only the first
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        rows = {r["format"]: r for r in result["formats"]}
+        for fmt in ("onnx-int8", "tflite-int8"):
+            if rows[fmt]["cosine"] < 0.8:
+                failures[name] = f"{fmt} cosine {rows[fmt]['cosine']}"
+    assert not failures, failures

@@ -1,0 +1,151 @@
+"""exporters.rewrites: exact in float, and the int8 files it yields stay on the int8 fast paths.
+
+The int8 checks run the real quantisers (litert-torch PT2E, ONNX Runtime QDQ) on a tiny
+hard-swish net at 32 px and read the real runtimes' graphs: LiteRT's op list after XNNPACK
+delegation, and the optimised graph ONNX Runtime executes.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _bench_models import tiny_net
+from torch import nn
+
+from exporters.rewrites import HardSigmoidDecomposed, HardSwishDecomposed, int8_friendly, int8_friendly_copy
+
+RES = 32
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def _mixed_net() -> nn.Module:
+    """Hard-swish on feature maps and on a flat vector, hard-sigmoid in an SE gate, one ReLU6."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Hardswish(),
+        _SqueezeExcite(8),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 16),
+        nn.Hardswish(),
+        nn.Linear(16, 4),
+    ).eval()
+
+
+def test_rewrite_is_exact_in_float() -> None:
+    net = _mixed_net()
+    rewritten = copy.deepcopy(net)
+    report = int8_friendly(rewritten)
+    assert report["rewritten"] == {"Hardsigmoid": 1, "Hardswish": 2}
+    assert not any(isinstance(m, nn.Hardswish | nn.Hardsigmoid) for m in rewritten.modules())
+    x = torch.randn(4, 3, 16, 16) * 4  # wide enough to cover both clamps of relu6(x + 3)
+    with torch.no_grad():
+        assert (rewritten(x) - net(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("module, reference", [(HardSwishDecomposed, nn.Hardswish),
+                                               (HardSigmoidDecomposed, nn.Hardsigmoid)])
+def test_decomposed_matches_torch_on_maps_and_vectors(module: type, reference: type) -> None:
+    for shape in [(2, 5, 7, 7), (3, 11)]:
+        x = torch.linspace(-8, 8, int(np.prod(shape))).reshape(shape)
+        assert (module()(x) - reference()(x)).abs().max().item() < 1e-5
+
+
+def test_copy_leaves_the_float_model_alone() -> None:
+    net = _mixed_net()
+    copied, report = int8_friendly_copy(net)
+    assert copied is not net and sum(report["rewritten"].values()) == 3
+    assert sum(isinstance(m, nn.Hardswish) for m in net.modules()) == 2
+    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6())
+    same, empty = int8_friendly_copy(plain)
+    assert same is plain and empty["rewritten"] == {}
+
+
+def _calib() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((8, 3, RES, RES), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def int8_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Int8 TFLite and ONNX files of the tiny hard-swish net, without and with the rewrite."""
+    from calibration import onnx_int8, tflite_int8
+    from exporters import onnx as onnx_exporter
+
+    tmp = tmp_path_factory.mktemp("rewrites")
+    calib = _calib()
+    files = {}
+    for label in ("before", "after"):
+        net = tiny_net("hardswish")
+        if label == "after":
+            int8_friendly(net)
+        tflite_int8.quantize_tflite(net, tmp / f"{label}.tflite", calib, method="minmax")
+        onnx_exporter.export(net, torch.from_numpy(calib[:1]), tmp / f"{label}.onnx")
+        onnx_int8.quantize_onnx(tmp / f"{label}.onnx", tmp / f"{label}_int8.onnx", calib, method="minmax")
+        files[f"tflite-{label}"] = tmp / f"{label}.tflite"
+        files[f"onnx-{label}"] = tmp / f"{label}_int8.onnx"
+    return files
+
+
+def _litert_ops(path: Path) -> list[dict]:
+    from runtimes import get_runtime
+
+    return get_runtime("litert").load(path, threads=1).ops()
+
+
+def test_tflite_int8_hardswish_is_delegated(int8_files: dict[str, Path]) -> None:
+    before, after = _litert_ops(int8_files["tflite-before"]), _litert_ops(int8_files["tflite-after"])
+    off_before = [op["op_name"] for op in before if not op["delegated"]]
+    off_after = [op["op_name"] for op in after if not op["delegated"]]
+    assert "HARD_SWISH" in off_before  # why the rewrite exists (would pass silently once XNNPACK takes it)
+    assert off_after == []
+    names = [op["op_name"] for op in after]
+    assert "HARD_SWISH" not in names and "TRANSPOSE" not in names  # NHWC kept through the add/mul
+
+
+def _ort_float_ops(path: Path, tmp: Path) -> int:
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.profiling import ort_slow_path
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp / f"{path.stem}_opt.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    slow = ort_slow_path(onnx.load(options.optimized_model_filepath).graph)
+    return sum(s["count"] for s in slow if s["op"] != "QuantizeLinear+DequantizeLinear")
+
+
+def test_onnx_int8_has_fewer_float_ops(int8_files: dict[str, Path], tmp_path: Path) -> None:
+    before = _ort_float_ops(int8_files["onnx-before"], tmp_path)
+    after = _ort_float_ops(int8_files["onnx-after"], tmp_path)
+    assert after < before
+    assert before - after >= 3  # the three HardSigmoid of the hard-swishes went to QLinearAdd/QLinearMul
+
+
+def test_int8_outputs_still_agree(int8_files: dict[str, Path]) -> None:
+    """The rewritten int8 files compute the same network: logits close to the float model's."""
+    from runtimes import get_runtime
+
+    x = _calib()[:1]
+    with torch.no_grad():
+        ref = tiny_net("hardswish")(torch.from_numpy(x)).numpy()
+    scale = np.abs(ref).max()
+    for fmt, runtime in (("tflite-after", "litert"), ("onnx-after", "onnxruntime")):
+        sess = get_runtime(runtime).load(int8_files[fmt], threads=1)
+        out = np.asarray(sess.run(x if runtime == "onnxruntime" else x.transpose(0, 2, 3, 1)), np.float32)
+        assert np.abs(out.reshape(ref.shape) - ref).max() < 0.2 * scale, fmt
