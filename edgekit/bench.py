@@ -85,6 +85,7 @@ def bench(
         "method": method(),
         "results": results,
         "skipped": skipped,
+        "int8_vs_fp32": int8_vs_fp32(results, jobs),
     }
     if out_file:
         write_json(out_file, report)
@@ -404,6 +405,93 @@ def _profile(job: Job, threads: int, native: Any, xnnpack: bool) -> dict[str, An
     if job.runtime == "litert":
         return profiling.profile_litert(job.path, threads, native, runs=PROFILE_RUNS, xnnpack=xnnpack)
     return None
+
+
+# --- int8 against float32 -----------------------------------------------------------------------
+
+
+def int8_vs_fp32(results: list[dict[str, Any]], jobs: list[Job]) -> list[dict[str, Any]]:
+    """Per runtime and thread count: int8 p50 over float32 p50 of the same runtime, and when int8 is
+    not faster, the ops of the int8 file that fell off the int8 fast path (from the profile when
+    ``--profile`` ran, else read from the graph the runtime executes)."""
+    by_key = {(r["runtime"], r["threads"], r["precision"]): r for r in results}
+    paths = {(j.runtime, "int8"): j.path for j in jobs if precision_of(j) == "int8"}
+    rows, off_cache = [], {}
+    for (runtime, threads, precision), int8 in by_key.items():
+        fp32 = by_key.get((runtime, threads, "fp32"))
+        if precision != "int8" or fp32 is None or not fp32["p50_ms"]:
+            continue
+        ratio = int8["p50_ms"] / fp32["p50_ms"]
+        row = {
+            "runtime": runtime,
+            "threads": threads,
+            "fp32_format": fp32["format"],
+            "int8_format": int8["format"],
+            "fp32_p50_ms": fp32["p50_ms"],
+            "int8_p50_ms": int8["p50_ms"],
+            "ratio": round(ratio, 3),
+            "int8_faster": ratio < 1.0,
+            "measured": int8["measured"],
+        }
+        if ratio >= 1.0:
+            slow = (int8.get("profile") or {}).get("slow_path")
+            if slow is None and (runtime, "int8") in paths:
+                if runtime not in off_cache:
+                    off_cache[runtime] = off_fast_path(paths[(runtime, "int8")], runtime)
+                slow = off_cache[runtime]
+            row["off_fast_path"] = [{"op": s["op"], "count": s["count"]} for s in slow or []]
+            row["why"] = _why_slower(runtime, slow or [], int8)
+        rows.append(row)
+    return rows
+
+
+def off_fast_path(path: Path, runtime: str) -> list[dict[str, Any]] | None:
+    """The int8 file's ops outside the int8 fast path, from the graph alone (no timing)."""
+    try:
+        if runtime == "onnxruntime":
+            return _ort_float_ops(path)
+        if runtime == "litert":
+            return _litert_off_delegate(path)
+    except Exception:  # an explanation, never a reason to lose the measured results
+        return None
+    return None
+
+
+def _ort_float_ops(path: Path) -> list[dict[str, Any]]:
+    """Float ops left between Q/DQ in the graph ONNX Runtime runs (after its QDQ fusions)."""
+    import tempfile
+
+    import onnx
+
+    from edgekit.profiling import ort_slow_path
+    from runtimes import get_runtime
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8-graph-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        get_runtime("onnxruntime").load(path, threads=1, optimized_model_path=optimized)
+        return ort_slow_path(onnx.load(optimized).graph)
+
+
+def _litert_off_delegate(path: Path) -> list[dict[str, Any]]:
+    from collections import Counter
+
+    from runtimes import get_runtime
+
+    ops = get_runtime("litert").load(path, threads=1).ops()
+    off = Counter(op["op_name"] for op in ops if not op["delegated"])
+    return [{"op": op, "count": n} for op, n in off.most_common()]
+
+
+def _why_slower(runtime: str, slow: list[dict[str, Any]], int8: dict[str, Any]) -> str:
+    ops = ", ".join(f"{s['op']} x{s['count']}" for s in slow if not s["op"].startswith("QuantizeLinear+"))
+    if ops and runtime == "litert":
+        return f"not delegated to XNNPACK, run on the TFLite kernels between delegate partitions: {ops}"
+    if ops:
+        return f"no int8 kernel in ONNX Runtime, float32 between DequantizeLinear and QuantizeLinear: {ops}"
+    why = "every op is on the int8 path; the int8 kernels do not win on this graph and host"
+    if int8.get("unstable"):
+        why += f" (and the int8 run was unstable, CV {int8['cv']:.0%})"
+    return why + "; see `edgekit bench DIR --profile` for the per-op times"
 
 
 def _without_raw(report: dict[str, Any]) -> dict[str, Any]:

@@ -257,14 +257,18 @@ def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: 
     import torch
 
     from edgekit.verify import check as check_gate
-    from exporters import conversion_error
+    from exporters import captured_output, conversion_error
 
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     example = check.example_for(dynamic_batch)
-    try:
-        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
-    except Exception as exc:  # torch.export names the untraceable op or the data-dependent branch
-        raise conversion_error("torch.export", exc) from exc
+    error = None
+    with captured_output() as log:
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        except Exception as exc:  # torch.export names the untraceable op or the data-dependent branch
+            error = exc
+    if error is not None:
+        raise conversion_error("torch.export", error, log[0]) from error
     torch.export.save(program, folder / "model.pt2")
     result = check.verify(folder / "model.pt2", "torch", "fp32", "NCHW")
     check_gate("torch", result)

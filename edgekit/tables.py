@@ -69,6 +69,8 @@ def print_info(result: dict[str, Any]) -> None:
 
 def print_export(manifest: dict[str, Any]) -> None:
     """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
+    from edgekit.verify import METHOD
+
     rows = []
     for fmt, entry in manifest["files"].items():
         ver = entry.get("verification", {})
@@ -78,15 +80,13 @@ def print_export(manifest: dict[str, Any]) -> None:
         xnn = entry.get("xnnpack")
         xnn_text = None if not xnn else "all ops" if xnn["fully_delegated"] else \
             f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
-        rows.append([fmt, entry["path"], f"{entry['size'] / 1e6:.2f} MB", entry.get("layout"),
+        rows.append([fmt, f"{entry['size'] / 1e6:.2f} MB", entry.get("layout"),
                      None if worst is None else f"{worst:.1e}", None if cosine is None else f"{cosine:.6f}",
                      None if agree is None else f"{agree:.0%}", xnn_text])
-    from edgekit.verify import METHOD
-
     model = manifest["model"]
     render(
         f"{model['name']} -> {manifest.get('folder', '')}",
-        ["format", "file", "size", "layout", "max rel err", "cosine", "top-1 agree (photos)", "XNNPACK"],
+        ["format", "size", "layout", "max rel err", "cosine min", "top-1 agree", "XNNPACK"],
         rows,
         caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
                 f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|.",

@@ -43,7 +43,6 @@ class ShuffleUnit(nn.Module):
         self.stride = stride
         # The first pointwise layer of stage 2 sees only 24 channels: too few to split (Sec. 3.3).
         self.first_groups = groups if group_first else 1
-        self.groups = groups
         mid_channels = out_channels // 4
         residual_out = out_channels - in_channels if stride > 1 else out_channels
         self.gconv1 = nn.Sequential(
