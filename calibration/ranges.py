@@ -91,6 +91,8 @@ def _entropy(hist: np.ndarray, lo: float, hi: float, levels: int) -> tuple[float
     bound = max(-lo, hi)
     mag, _ = np.histogram(np.abs(x), bins=len(hist), range=(0.0, bound), weights=hist)
     signed = lo < 0 < hi and hist[x < 0].sum() > 0.01 * hist.sum()
+    if not signed:
+        mag[0] = 0.0  # ReLU's exact zeros are representable anyway; their spike would win the KL
     quant_bins = levels // 2 if signed else levels
     best_t, best_kl = len(mag), np.inf
     for t in range(quant_bins, len(mag) + 1, 8):

@@ -25,15 +25,16 @@ from edgekit.errors import DataError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-DEFAULT_SAMPLES = 256
+DEFAULT_SAMPLES = 128
+CROP_SCALE = (0.25, 1.0)  # area fraction of a crop: wide enough to vary, not so tight it is all blur
 
-# Photographs (and photo-like scans) shipped as files inside scikit-image; grey ones are converted
-# to RGB by the preprocessing. Only files present on disk are used: nothing is ever downloaded.
+# Photographs shipped as files inside scikit-image (grey ones are converted to RGB). Only files
+# present on disk are used: nothing is ever downloaded. Textures, documents and synthetic images
+# (brick, grass, page, text, moon, chessboard, color...) are left out on purpose: they pushed the
+# first layers' ranges to 1.4-1.9x the ranges ImageNet images give (docs/int8.md).
 BUILTIN_PHOTOS = (
     "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png",
-    "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "cell.png", "page.png",
-    "clock_motion.png", "color.png",
+    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
 )
 
 
@@ -130,7 +131,7 @@ def builtin_photos() -> list[tuple[str, Any]]:
 
 
 def random_crop(img: Any, spec: PreprocessSpec, rng: np.random.Generator,
-                scale: tuple[float, float] = (0.1, 1.0),
+                scale: tuple[float, float] = CROP_SCALE,
                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
     """A RandomResizedCrop-style view (area fraction, aspect, position, flip) -> CHW normalised."""
     from PIL import Image

@@ -32,7 +32,7 @@ def run(
     from edgekit.zoo import list_models
 
     out = Path(out)
-    rows, failed, machine = [], [], None
+    rows, compare, failed, machine = [], [], [], None
     for name in models or list_models():
         folder = out / "artifacts" / name
         try:
@@ -50,11 +50,21 @@ def run(
         except EdgekitError as exc:
             failed.append({"model": name, "error": str(exc)})
             continue
+        except Exception as exc:  # a bug in one model's export must not end an hours-long zoo run
+            failed.append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         machine = result["machine"]
+        compare += [{"model": name, **c} for c in result.get("int8_vs_fp32", [])]
         rows += [
             {"model": name, **{k: v for k, v in r.items() if k != "latencies_ms"}} for r in result["results"]
         ]
-    summary = {"machine": machine, "method": bench.method(), "results": rows, "failed": failed}
+        _write(out, machine, rows, compare, failed)  # after every model: a long run is readable midway
+    return _write(out, machine, rows, compare, failed)
+
+
+def _write(out: Path, machine: Any, rows: list, compare: list, failed: list) -> dict[str, Any]:
+    summary = {"machine": machine, "method": bench.method(), "results": rows, "int8_vs_fp32": compare,
+               "failed": failed}
     write_json(out / "results.json", summary)
     write_text(out / "README.md", readme(summary))
     return summary
@@ -81,6 +91,7 @@ def readme(summary: dict[str, Any]) -> str:
         int8 = by_fmt.get(f"{'onnx' if runtime == 'onnxruntime' else 'tflite'}-int8")
         ratio = f"{int8['p50_ms'] / fp32['p50_ms']:.2f}" if fp32 and int8 else ""
         lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += _int8_lines(summary.get("int8_vs_fp32") or [])
     notes = {r["measured"] for r in summary["results"]}
     lines += ["", "Measured (per row: runtime version, threads, runs, warm-up, target):", ""]
     lines += [f"- {n}" for n in sorted(notes)]
@@ -90,6 +101,21 @@ def readme(summary: dict[str, Any]) -> str:
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['features'])}, {m['os']}."]
     lines += [f"- failed: {f['model']}: {f['error']}" for f in summary["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def _int8_lines(compare: list[dict[str, Any]]) -> list[str]:
+    """One line per (model, runtime, threads) where int8 is not faster than float32, with the reason."""
+    slower = [c for c in compare if not c["int8_faster"]]
+    lines = ["", "## int8 vs float32", ""]
+    faster = len(compare) - len(slower)
+    lines.append(f"int8 faster than float32 in {faster} of {len(compare)} (model, runtime, threads) pairs.")
+    lines += [""] if slower else []
+    lines += [
+        f"- {c['model']} / {c['runtime']} / {c['threads']} thread(s): int8 {c['int8_p50_ms']:.3f} ms vs "
+        f"float32 {c['fp32_p50_ms']:.3f} ms (x{c['ratio']:.2f}): {c['why']}"
+        for c in slower
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

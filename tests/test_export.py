@@ -232,6 +232,20 @@ def test_user_module_needs_resolution(tmp_path: Path) -> None:
         pipeline.build(f"{source}:missing", resolution=64)
 
 
+def test_converter_failure_names_the_op(tmp_path: Path) -> None:
+    import torch
+
+    import exporters
+    from edgekit.errors import ExportError
+
+    class ErfInv(torch.nn.Module):  # litert-torch 0.10 has no lowering for erfinv
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.special.erfinv(x.clamp(-0.5, 0.5)).mean((2, 3))
+
+    with pytest.raises(ExportError, match=r"tflite conversion failed at op aten\.erfinv"):
+        exporters.export("tflite-fp32", ErfInv(), torch.zeros(1, 3, 32, 32), tmp_path / "m.tflite")
+
+
 def test_quant_options_need_int8() -> None:
     with pytest.raises(UsageError, match="--calib-method only apply to int8"):
         pipeline.export("mobilenet_v2", calib_method="mse")
