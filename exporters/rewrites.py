@@ -96,4 +96,56 @@ def int8_friendly_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     return model, int8_friendly(model)
 
 
-__all__ = ["HardSigmoidDecomposed", "HardSwishDecomposed", "int8_friendly", "int8_friendly_copy"]
+# --- PT2E (litert-torch int8): the element-wise ops its annotators miss -----------------------------
+
+# litert-torch's add/mul annotators find ops by ``source_fn_stack``, which torch.export (2.13,
+# non-strict) no longer records: residual ``x + block(x)`` then gets no int8 spec, the add stays
+# float (DEQUANTIZE -> ADD -> QUANTIZE in the .tflite) and a chain of residual adds stays float.
+BINARY_OPS = ("add.Tensor", "mul.Tensor", "sub.Tensor")
+
+
+def fast_path_quantizer(config: Any) -> Any:
+    """litert-torch's PT2EQuantizer with ``config`` global, whose ``annotate`` also gives every
+    still-unannotated float add/mul/sub int8 inputs and output (the same activation spec)."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class FastPathQuantizer(PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            annotate_binary_ops(model, self.global_config)
+            return model
+
+    return FastPathQuantizer().set_global(config)
+
+
+def annotate_binary_ops(model: torch.fx.GraphModule, config: Any) -> int:
+    """Annotate unannotated float add/mul/sub nodes with ``config``'s activation specs; returns how many."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    targets = {getattr(torch.ops.aten, name.split(".")[0]).Tensor for name in BINARY_OPS}
+    done = 0
+    for node in model.graph.nodes:
+        if node.target not in targets or "quantization_annotation" in node.meta or not _is_float(node):
+            continue
+        inputs = {arg: config.input_activation for arg in node.args[:2]
+                  if isinstance(arg, torch.fx.Node) and _is_float(arg)}
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=inputs, output_qspec=config.output_activation, _annotated=True
+        )
+        done += 1
+    return done
+
+
+def _is_float(node: torch.fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+__all__ = [
+    "HardSigmoidDecomposed",
+    "HardSwishDecomposed",
+    "annotate_binary_ops",
+    "fast_path_quantizer",
+    "int8_friendly",
+    "int8_friendly_copy",
+]
