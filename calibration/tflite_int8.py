@@ -56,6 +56,10 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
     sample = (nhwc[:1],)
     config = quantization_config(per_channel, symmetric_activations, method)
     quantizer = PT2EQuantizer().set_global(config)
+    threads = torch.get_num_threads()
+    # One thread: summation order (hence histograms, ranges and the file's bytes) must not
+    # depend on the machine's core count or on what set torch's threads earlier in the process.
+    torch.set_num_threads(1)
     try:
         litert_torch.config.show_progress = False
         graph = torch.export.export(channel_last(module), sample).module()
@@ -70,6 +74,8 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
     except Exception as exc:  # converter errors are plain exceptions; one line naming the step
         raise ExportError(f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
                           "try --per-tensor or --formats onnx; report the failing op") from exc
+    finally:
+        torch.set_num_threads(threads)
     return {"activation_ranges": ranges}
 
 

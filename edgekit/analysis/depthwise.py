@@ -236,6 +236,7 @@ def analyze(
     levels = 2 ** (bits - 1) - 1
     if bits not in (2, 3, 4, 5, 6, 7, 8):
         raise UsageError(f"--bits {bits} is not supported", "use 8, 6 or 4 (2-8 work)")
+    configs = check_configs(configs) if end_to_end else []
     model, spec = load_model(name, pretrained)
     spec = resize_spec(spec, resolution)
     x, labels, source = load_images(data, spec, limit)
@@ -292,6 +293,14 @@ CONFIGS: dict[str, tuple[int | None, bool, bool]] = {
 DEFAULT_RUNTIMES = ("onnxruntime", "litert")
 CALIB_SAMPLES = 64
 BIAS_BATCH = 16
+
+
+def check_configs(configs: list[str] | None) -> list[str]:
+    """The configurations asked for (all by default); unknown names are a usage error."""
+    unknown = [c for c in configs or () if c not in CONFIGS]
+    if unknown:
+        raise UsageError(f"unknown configuration {', '.join(unknown)}", f"use some of {', '.join(CONFIGS)}")
+    return list(configs or CONFIGS)
 
 
 def calibration_tensors(calib: str | None, spec: Any) -> Any:
@@ -389,10 +398,7 @@ def run_configs(
 
     from edgekit.errors import EdgekitError
 
-    configs = configs or list(CONFIGS)
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        raise UsageError(f"unknown configuration {', '.join(unknown)}", f"use some of {', '.join(CONFIGS)}")
+    configs = check_configs(configs)
     runtimes = list(runtimes or DEFAULT_RUNTIMES)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy().argmax(axis=1)

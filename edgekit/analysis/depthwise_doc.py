@@ -103,9 +103,10 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
         f"- End to end: {main.get('end_to_end_method', '')}.",
         "- `-cle` rows: BN folded, cross-layer equalisation (Nagel et al. 2019; ReLU6 kept exact as a",
         "  per-channel clamp(0, 6/s)), then empirical bias correction for the weight grid of the row.",
-        "- W6A8/W4A8: the float weights are rounded onto the symmetric 6/4-bit per-channel (or per-tensor)",
-        "  grid in PyTorch before the int8 export, so the int8 file on the real runtime carries 6/4-bit-valued",
-        "  weights (re-rounded by at most half an int8 step) with 8-bit activations. No row is simulated.",
+        "- W6A8/W4A8: the float weights are rounded onto the symmetric 6/4-bit per-channel (or",
+        "  per-tensor) grid in PyTorch before the int8 export, so the int8 file on the real runtime carries",
+        "  6/4-bit-valued weights (re-rounded by at most half an int8 step) with 8-bit activations.",
+        "  No row is simulated.",
         "",
         "## Which layers lose precision (8-bit weights)",
         "",
@@ -146,15 +147,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--runtimes", default="onnxruntime,litert")
     parser.add_argument("--litert-configs", default="int8-per-tensor,int8-per-channel,int8-per-tensor-cle")
-    parser.add_argument("--cache", default=None, help="JSON of the measurements: read if present, else written")
+    parser.add_argument("--cache", default=None, help="measurements JSON: read if present, else written")
     args = parser.parse_args()
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.is_file():
         results = json.loads(cache.read_text())
     else:
-        results = measure(args.data, args.runtimes.split(","), [c for c in args.litert_configs.split(",") if c],
-                          args.limit)
+        litert_configs = [c for c in args.litert_configs.split(",") if c]
+        results = measure(args.data, args.runtimes.split(","), litert_configs, args.limit)
         if cache is not None:
             cache.write_text(json.dumps(results, indent=1, default=str))
     out.parent.mkdir(parents=True, exist_ok=True)
