@@ -48,14 +48,16 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
     """Calibrate ``module`` on ``tensors`` (NCHW float32) and write an int8 NHWC .tflite at ``dst``."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     nhwc = torch.from_numpy(np.ascontiguousarray(tensors.transpose(0, 2, 3, 1)))
     sample = (nhwc[:1],)
     config = quantization_config(per_channel, symmetric_activations, method)
-    quantizer = PT2EQuantizer().set_global(config)
+    # int8 fast path (exporters/rewrites.py): also quantise the residual adds/muls the stock annotators miss
+    from exporters.rewrites import fast_path_quantizer
+
+    quantizer = fast_path_quantizer(config)
     threads = torch.get_num_threads()
     # One thread: summation order (hence histograms, ranges and the file's bytes) must not
     # depend on the machine's core count or on what set torch's threads earlier in the process.

@@ -92,15 +92,29 @@ def readme(summary: dict[str, Any]) -> str:
         ratio = f"{int8['p50_ms'] / fp32['p50_ms']:.2f}" if fp32 and int8 else ""
         lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
     lines += _int8_lines(summary.get("int8_vs_fp32") or [])
-    notes = {r["measured"] for r in summary["results"]}
-    lines += ["", "Measured (per row: runtime version, threads, runs, warm-up, target):", ""]
-    lines += [f"- {n}" for n in sorted(notes)]
+    lines += ["", "Measured (per runtime and threads; runs and warm-up ranges over its rows):", ""]
+    lines += [f"- {n}" for n in _measured(summary["results"])]
     lines += ["", "Method: " + "; ".join(f"{k}: {v}" for k, v in summary["method"].items()) + "."]
     if summary.get("machine"):
         m = summary["machine"]
         lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {' '.join(m['features'])}, {m['os']}."]
     lines += [f"- failed: {f['model']}: {f['error']}" for f in summary["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def _measured(results: list[dict[str, Any]]) -> list[str]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        key = (r["runtime"], r["runtime_version"], r["provider"], r["threads"], r["target"], r["emulated"])
+        groups.setdefault(key, []).append(r)
+    lines = []
+    for (runtime, version, provider, threads, target, emulated), rows in sorted(groups.items()):
+        runs, warm = [r["runs"] for r in rows], [r["warmup"] for r in rows]
+        lines.append(
+            f"{runtime} {version} [{provider}], {threads} thread(s), {min(runs)}-{max(runs)} timed runs "
+            f"after {min(warm)}-{max(warm)} warm-up, batch 1, {target} ({'emulated' if emulated else 'real'})"
+        )
+    return lines
 
 
 def _int8_lines(compare: list[dict[str, Any]]) -> list[str]:

@@ -53,6 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would make artifacts private
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -89,6 +90,7 @@ def staged_dir(out_dir: str | os.PathLike[str], keep_existing: bool = False) -> 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        os.chmod(stage, 0o777 & ~_umask())
     except OSError as exc:
         raise ArtifactError(f"cannot write to {out.parent}: {exc.strerror}", "choose a writable --out folder") from exc
     try:
@@ -102,6 +104,12 @@ def staged_dir(out_dir: str | os.PathLike[str], keep_existing: bool = False) -> 
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def file_entry(folder: str | os.PathLike[str], filename: str, **info: Any) -> dict[str, Any]:

@@ -225,7 +225,7 @@ def _check_quant_options(int8: bool, options: dict[str, Any]) -> None:
     given = [k for k, v in options.items() if v not in (None, False)]
     if given and not int8:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise UsageError(f"{flags} only apply to int8 export", "add --int8")
+        raise UsageError(f"int8 options without --int8: {flags}", "add --int8 or drop them")
 
 
 # --- writing and verifying ----------------------------------------------------------------------

@@ -104,6 +104,7 @@ _ORT_INT8 = {
     "QLinearGlobalAveragePool",
     "QLinearConcat",
     "MaxPool",
+    "NhwcMaxPool",  # ORT's uint8/int8 max pool (what MaxPool between Q/DQ becomes)
 }
 
 _TFL_CATEGORY = {

@@ -86,7 +86,7 @@ def test_analyze_cli_end_to_end_small() -> None:
         assert set(row) >= {"config", "runtime", "top1", "top5", "agreement_top1"}
         assert row["top1"] is None  # built-in photographs carry no labels
     assert rows[("float", "onnxruntime")]["agreement_top1"] >= 87.5  # at most 1 of 8 near-ties may flip
-    assert time.monotonic() - start < 180  # ~1 min on an idle 2-core machine
+    assert time.monotonic() - start < 600  # ~1 min on an idle 2-core machine; generous for shared CPUs
 
 
 def test_analyze_rejects_unknown_config() -> None:

@@ -155,16 +155,18 @@ def test_failed_verification_keeps_earlier_folder(onnx_dynamic: Path, tmp_path: 
     out = tmp_path / "good"
     shutil.copytree(onnx_dynamic, out)
     before = _hashes(out)
+    source = tmp_path / "tiny_net.py"  # a tiny network re-exported over the good folder: fast
+    source.write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.setitem(verify.GATES, "fp32", {"max_rel_err": 0.0, "min_cosine": 1.0})
-    monkeypatch.setattr(sys, "argv", ["edgekit", "export", "mobilenet_v2", "--width", "0.35",
-                                      "--resolution", "64", "--formats", "onnx", "--out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["edgekit", "export", f"{source}:make", "--formats", "onnx",
+                                      "--out", str(out)])
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error:") and "disagrees with PyTorch" in err and "max_rel_err" in err
     assert _hashes(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["good"]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "tiny_net.py"]  # no staging left
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -247,7 +249,7 @@ def test_converter_failure_names_the_op(tmp_path: Path) -> None:
 
 
 def test_quant_options_need_int8() -> None:
-    with pytest.raises(UsageError, match="--calib-method only apply to int8"):
+    with pytest.raises(UsageError, match="int8 options without --int8: --calib-method"):
         pipeline.export("mobilenet_v2", calib_method="mse")
 
 

@@ -149,3 +149,33 @@ def test_int8_outputs_still_agree(int8_files: dict[str, Path]) -> None:
         sess = get_runtime(runtime).load(int8_files[fmt], threads=1)
         out = np.asarray(sess.run(x if runtime == "onnxruntime" else x.transpose(0, 2, 3, 1)), np.float32)
         assert np.abs(out.reshape(ref.shape) - ref).max() < 0.2 * scale, fmt
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU6(),
+                                   nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def test_tflite_int8_residual_adds_stay_int8(tmp_path: Path) -> None:
+    """Chained residual adds: every ADD of the int8 file computes in int8, no DEQUANTIZE/QUANTIZE pair."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from calibration import tflite_int8
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(), _Residual(8), _Residual(8), _Residual(8),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    path = tmp_path / "residual.tflite"
+    tflite_int8.quantize_tflite(net, path, _calib(), method="minmax")
+    interp = Interpreter(model_path=str(path))
+    dtype = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    adds = [op for op in ops if op["op_name"] == "ADD"]
+    assert len(adds) == 3
+    assert all(dtype[op["outputs"][0]] == np.int8 for op in adds)
+    assert not [op["op_name"] for op in ops if op["op_name"] in ("DEQUANTIZE", "QUANTIZE")]

@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import DataError, UsageError
 
 KINDS = ("standard", "depthwise", "pointwise", "group", "linear")
-SENSITIVITY_IMAGES = 16  # images for the per-layer sensitivity (2 x layers forward passes)
+SENSITIVITY_IMAGES = 8  # images for the per-layer sensitivity (2 x layers forward passes)
 WEIGHT_MARGIN_DB = 6.0  # flag: per-tensor weight SQNR this far below the network's median (4x the noise)
 OUTPUT_MARGIN_DB = 10.0  # flag: logits SQNR with this layer alone quantised, this far below the median
 SPREAD_FLOOR = 100.0  # "channels below 1/100 of the largest"
@@ -291,7 +291,7 @@ CONFIGS: dict[str, tuple[int | None, bool, bool]] = {
     "w4a8-per-channel-cle": (4, True, True),
 }
 DEFAULT_RUNTIMES = ("onnxruntime", "litert")
-CALIB_SAMPLES = 64
+CALIB_SAMPLES = 32
 BIAS_BATCH = 16
 
 
@@ -401,9 +401,9 @@ def run_configs(
     configs = check_configs(configs)
     runtimes = list(runtimes or DEFAULT_RUNTIMES)
     with torch.no_grad():
-        reference = model(torch.from_numpy(x)).numpy().argmax(axis=1)
-    rows = [{"config": "float", "runtime": "torch", **accuracy(model(torch.from_numpy(x)).detach().numpy(),
-                                                                  labels, reference)}]
+        float_logits = model(torch.from_numpy(x)).numpy()
+    reference = float_logits.argmax(axis=1)
+    rows = [{"config": "float", "runtime": "torch", **accuracy(float_logits, labels, reference)}]
     with tempfile.TemporaryDirectory(prefix="edgekit-analyze-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
         for config in configs:
