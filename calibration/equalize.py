@@ -13,12 +13,12 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         -> depthwise 3x3 -> project 1x1) rescales output channel i of conv1 by 1/s_i and input
         channel i of conv2 by s_i, s_i = sqrt(r1_i * r2_i) / r2_i (r = per-channel max |w|), so both
         end up with range sqrt(r1_i * r2_i); sweeps all pairs until the scales stop moving.
-        ReLU is positively homogeneous and stays exact. ReLU6 is not (ReLU6(x / s) != ReLU6(x) / s):
-        relu6="clip" (default) turns it into a per-channel clamp(0, 6 / s_i), which keeps the float
-        function exactly; relu6="relu" replaces it by ReLU as the paper does (the float model changes
-        where activations exceeded 6; measure it). Returns {"pairs", "sweeps", "relu6",
-        "scale_min", "scale_max", "spread_before", "spread_after"} (spreads: median over conv1
-        layers of the max/min ratio of per-channel ranges).
+        ReLU and LeakyReLU are positively homogeneous and stay exact. ReLU6 is not
+        (ReLU6(x / s) != ReLU6(x) / s): relu6="clip" (default) turns it into a per-channel
+        clamp(0, 6 / s_i), which keeps the float function exactly; relu6="relu" replaces it by ReLU
+        as the paper does (the float model changes where activations exceeded 6; measure it).
+        Returns {"pairs", "sweeps", "relu6", "scale_min", "scale_max", "spread_before",
+        "spread_after"} (spreads: median over conv1 layers of the max/min ratio of channel ranges).
 
     bias_correct(model, calib_batches, weight_bits=8, per_channel=True) -> dict
         Empirical bias correction (Nagel et al. 2019, section 4.2): for each conv/linear layer,
@@ -27,8 +27,9 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         subtracted from the bias, so the deployed layer's expected output matches the float one.
         Returns {"layers", "max_abs_shift", "mean_abs_shift"}.
 
-The graph walk uses torch.fx; a model fx cannot trace falls back to nn.Sequential neighbours
-(BN folding) and gets no equalisation pairs.
+The graph walk uses torch.fx; a model fx cannot trace (shape-dependent padding, e.g. the zoo's
+EfficientNet-Lite "same" convolutions) falls back to nn.Sequential neighbours for BN folding and
+gets no equalisation pairs (the report says pairs=0).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from torch import nn
 from calibration.fakequant import quant_layers, quantize_weight
 
 _SKIP = (nn.Identity, nn.Dropout)  # modules a pair may pass through unchanged (folded BN, dropout)
+_HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU)  # f(x / s) = f(x) / s for s > 0: exact, shared modules are fine
 
 
 class ChannelClamp(nn.Module):
@@ -177,9 +179,9 @@ def _find_pairs(model: nn.Module, graph: Any) -> list[_Pair]:
         nxt = _next_real(model, node)
         act_mod = _module_of(model, nxt) if nxt is not None else None
         act = None
-        if isinstance(act_mod, nn.ReLU) or _is_relu6(act_mod):
-            if counts[nxt.target] != 1:
-                continue
+        if isinstance(act_mod, _HOMOGENEOUS) or _is_relu6(act_mod):
+            if _is_relu6(act_mod) and counts[nxt.target] != 1:
+                continue  # it becomes a per-channel clamp for this pair only
             act, nxt = nxt.target, _next_real(model, nxt)
         conv2 = _module_of(model, nxt) if nxt is not None else None
         if (

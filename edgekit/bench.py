@@ -39,6 +39,7 @@ MIN_RUNS = 10
 MAX_RUNS = 100_000
 SEED = 0
 PROFILE_RUNS = 50
+OP_TIME_RUNS = 20  # profiled runs behind the int8-vs-float32 explanation
 
 
 @dataclass
@@ -441,8 +442,39 @@ def int8_vs_fp32(results: list[dict[str, Any]], jobs: list[Job]) -> list[dict[st
                 slow = off_cache[runtime]
             row["off_fast_path"] = [{"op": s["op"], "count": s["count"]} for s in slow or []]
             row["why"] = _why_slower(runtime, slow or [], int8)
+            if runtime == "onnxruntime" and int8["target"] == "local":
+                row["op_ms"] = _ort_op_times(jobs, threads)
+                row["why"] += _op_times_note(row["op_ms"], threads)
         rows.append(row)
     return rows
+
+
+def _ort_op_times(jobs: list[Job], threads: int) -> dict[str, dict[str, float]] | None:
+    """Per-op-type ms (ORT profiler, per-node medians) of the float32 and int8 files: where the time went."""
+    from edgekit import profiling
+    from runtimes import get_runtime
+
+    times = {}
+    try:
+        for job in jobs:
+            precision = precision_of(job)
+            if job.runtime == "onnxruntime" and precision in ("fp32", "int8"):
+                sess = get_runtime("onnxruntime").load(job.path, threads=threads)
+                native = sess.prepare(bench_input(sess, job))
+                prof = profiling.profile_ort(job.path, threads, native, runs=OP_TIME_RUNS,
+                                             precision=precision)
+                times[precision] = prof["by_op_ms"]
+    except Exception:  # an explanation, never a reason to lose the measured results
+        return None
+    return times if len(times) == 2 else None
+
+
+def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> str:
+    if not op_ms:
+        return ""
+    top = {p: ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:4]) for p, ops in op_ms.items()}
+    return (f". Per-op ms (ONNX Runtime profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
+            f"int8 {top['int8']}; float32 {top['fp32']}")
 
 
 def off_fast_path(path: Path, runtime: str) -> list[dict[str, Any]] | None:

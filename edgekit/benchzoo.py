@@ -39,7 +39,7 @@ def run(
             pipeline.export(
                 name,
                 out_dir=folder,
-                formats=["onnx", "tflite"],
+                formats=["onnx-fp32", "tflite-fp32"],  # the float32 files the int8 ones are compared with
                 int8=True,
                 resolution=resolution,
                 calib_samples=calib_samples,

@@ -157,6 +157,10 @@ def _db(value: float | None) -> str | None:
     return None if value is None else f"{value:.1f}"
 
 
+def _spread(value: float | None) -> str:
+    return "∞" if value is None else f"{value:,.0f}x"
+
+
 def print_analysis(result: dict[str, Any]) -> None:
     """`edgekit analyze`: flagged layers, medians by kind, then the end-to-end int8 table."""
     bits = result["bits"]
@@ -165,7 +169,7 @@ def print_analysis(result: dict[str, Any]) -> None:
         f"ANALYZE: {result['model']}, {bits}-bit weights, layers that break ({len(flagged)} of "
         f"{len(result['layers'])})",
         ["layer", "kind", "spread", "<1% ch", "W SQNR tensor", "W SQNR channel", "out SQNR tensor", "reason"],
-        [[layer["name"], layer["kind"], f"{layer['range_spread']:,.0f}x", layer["channels_below_1pct"],
+        [[layer["name"], layer["kind"], _spread(layer["range_spread"]), layer["channels_below_1pct"],
           _db(layer["weight_sqnr_per_tensor"]), _db(layer["weight_sqnr_per_channel"]),
           _db(layer.get("output_sqnr_per_tensor")), layer["flag"]] for layer in flagged],
         caption=result["method"],

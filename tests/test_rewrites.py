@@ -179,3 +179,20 @@ def test_tflite_int8_residual_adds_stay_int8(tmp_path: Path) -> None:
     assert len(adds) == 3
     assert all(dtype[op["outputs"][0]] == np.int8 for op in adds)
     assert not [op["op_name"] for op in ops if op["op_name"] in ("DEQUANTIZE", "QUANTIZE")]
+
+
+def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> None:
+    """bench.int8_vs_fp32 explains a slower int8 file with the ops LiteRT left outside XNNPACK."""
+    from edgekit.bench import Job, int8_vs_fp32
+
+    def result(fmt: str, precision: str, p50: float) -> dict:
+        return {"runtime": "litert", "threads": 1, "precision": precision, "format": fmt, "p50_ms": p50,
+                "target": "local", "measured": "litert, 1 thread", "cv": 0.01, "unstable": False}
+
+    jobs = [Job("tflite-int8", int8_files["tflite-before"], "litert", {"precision": "int8"})]
+    slower = int8_vs_fp32([result("tflite-fp32", "fp32", 1.0), result("tflite-int8", "int8", 2.0)], jobs)
+    assert len(slower) == 1 and slower[0]["ratio"] == 2.0 and not slower[0]["int8_faster"]
+    assert {"op": "HARD_SWISH", "count": 3} in slower[0]["off_fast_path"]
+    assert "HARD_SWISH x3" in slower[0]["why"]
+    faster = int8_vs_fp32([result("tflite-fp32", "fp32", 2.0), result("tflite-int8", "int8", 1.0)], jobs)
+    assert faster[0]["int8_faster"] and "why" not in faster[0]

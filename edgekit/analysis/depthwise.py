@@ -111,7 +111,8 @@ def weight_stats(name: str, module: Any, bits: int) -> dict[str, Any]:
         "shape": list(w.shape),
         "channels": int(w.shape[0]),
         "range_max": top,
-        "range_spread": top / smallest if smallest > 0 else math.inf,
+        "range_spread": top / smallest if smallest > 0 else None,  # None: a channel is all zero
+        "zero_channels": int((ranges == 0).sum()),
         "channels_below_1pct": int((ranges < top / SPREAD_FLOOR).sum()),
         "weight_sqnr_per_tensor": per_tensor,
         "weight_sqnr_per_channel": per_channel,
@@ -159,8 +160,8 @@ def flag_layers(layers: list[dict[str, Any]]) -> None:
         layer["flag"] = "; ".join(reasons) or None
 
 
-def _fmt_spread(spread: float) -> str:
-    return "inf (a channel is all zero)" if math.isinf(spread) else f"{spread:,.0f}x"
+def _fmt_spread(spread: float | None) -> str:
+    return "without bound (a channel is all zero)" if spread is None else f"{spread:,.0f}x"
 
 
 def summarize_by_kind(layers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -175,7 +176,7 @@ def summarize_by_kind(layers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
         rows = [r for r in layers if r["kind"] == kind]
         if not rows:
             continue
-        finite = [r["range_spread"] for r in rows if math.isfinite(r["range_spread"])]
+        finite = [r["range_spread"] for r in rows if r["range_spread"] is not None]
         summary[kind] = {
             "layers": len(rows),
             "weight_sqnr_per_tensor": med(rows, "weight_sqnr_per_tensor"),
@@ -400,8 +401,9 @@ def run_configs(
 
     configs = check_configs(configs)
     runtimes = list(runtimes or DEFAULT_RUNTIMES)
-    with torch.no_grad():
-        float_logits = model(torch.from_numpy(x)).numpy()
+    with torch.no_grad():  # in chunks: a whole 224 px batch of hundreds of images needs gigabytes
+        chunks = [model(torch.from_numpy(x[i : i + 32])).numpy() for i in range(0, len(x), 32)]
+    float_logits = np.concatenate(chunks)
     reference = float_logits.argmax(axis=1)
     rows = [{"config": "float", "runtime": "torch", **accuracy(float_logits, labels, reference)}]
     with tempfile.TemporaryDirectory(prefix="edgekit-analyze-") as tmp:
