@@ -1,9 +1,10 @@
 """Activation range estimation from histograms: minmax, percentile, entropy (KL) and MSE.
 
-Both quantisers use these functions on the same kind of input (a histogram of a tensor's values
-over the calibration set): ONNX through :func:`onnx_activation_ranges` (its own histograms, two
-passes over ONNX Runtime), TFLite through :class:`RangeObserver` (a PT2E observer). So a method
-name means the same clipping rule in both files.
+Both quantisers use these functions on the same kind of input (a :class:`StreamingHistogram`
+of a tensor's values, built in one pass over the calibration set): ONNX through
+:func:`collect_ranges` (every tensor of the float graph from one ONNX Runtime pass), TFLite
+through :func:`range_observer` (a PT2E observer). So a method name means the same clipping rule
+in both files. The network's output keeps its maximum (``keep_top``): argmax lives there.
 
 ``mse`` is the default: it picks, per tensor, the clipping range whose expected squared error
 (uniform rounding noise s²/12 inside, squared distance outside) is smallest. With the built-in
@@ -22,6 +23,8 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_METHOD = "mse"
 BINS = 2048
 PERCENTILE = 99.99
+TOP_K = 5  # an output range keeps every calibration sample's top-5
+SUBSAMPLE = 1 << 20  # values per tensor and batch that enter a histogram (1 << 17 cost 1.2 % agreement)
 
 
 def select_range(hist: np.ndarray, lo: float, hi: float, method: str = DEFAULT_METHOD,
@@ -29,7 +32,7 @@ def select_range(hist: np.ndarray, lo: float, hi: float, method: str = DEFAULT_M
     """The clipping range [lo', hi'] that ``method`` picks from a histogram over [lo, hi]."""
     hist = np.asarray(hist, dtype=np.float64)
     lo, hi = float(lo), float(hi)
-    if method == "minmax" or hi - lo <= 0 or hist.sum() == 0:
+    if method == "minmax" or not hi > lo or hist.sum() == 0:
         picked = lo, hi
     elif method == "percentile":
         picked = _percentile(hist, lo, hi, PERCENTILE)
@@ -116,48 +119,188 @@ def _entropy(hist: np.ndarray, lo: float, hi: float, levels: int) -> tuple[float
     return max(lo, -threshold), min(hi, threshold)
 
 
-# --- ONNX: histograms of every tensor over ONNX Runtime -----------------------------------------
+# --- Streaming histograms: one pass over the calibration set ------------------------------------
 
 
-def onnx_activation_ranges(run: Callable[[np.ndarray], dict[str, np.ndarray]],
-                           batches: Iterable[np.ndarray], method: str = DEFAULT_METHOD,
-                           symmetric: bool = False) -> dict[str, tuple[float, float]]:
-    """Ranges of every tensor ``run`` returns, from two passes: min/max, then fixed-edge histograms.
+class StreamingHistogram:
+    """A histogram of every value seen, in one pass, with exact re-binning when the range grows.
 
-    ``run(batch) -> {tensor name: values}``; ``batches`` is iterated twice (pass a list).
+    Bins sit on a fixed grid ``[k*width, (k+1)*width)``; when new values fall outside the
+    ``BINS`` bins held, the width doubles (pairs of bins merge exactly) until they fit. So the
+    histogram never needs a first min/max pass, and the final one spans the data with
+    ``BINS/4`` .. ``BINS`` occupied bins.
     """
-    batches = list(batches)
-    lo: dict[str, float] = {}
-    hi: dict[str, float] = {}
+
+    def __init__(self, bins: int = BINS, top_k: int = 0) -> None:
+        self.bins = bins
+        self.top_k = top_k  # > 0: also track the lowest k-th largest value of any sample (logits)
+        self.top_k_floor = np.inf
+        self.counts = np.zeros(bins)
+        self.width = 0.0
+        self.start = 0  # grid index of the first bin
+        self.min = np.inf
+        self.max = -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32)
+        if self.top_k and values.ndim >= 2 and values[0].size >= self.top_k:
+            rows = values.reshape(len(values), -1)
+            kth = np.partition(rows, -self.top_k, axis=1)[:, -self.top_k]
+            self.top_k_floor = min(self.top_k_floor, float(kth.min()))
+        values = values.ravel()
+        if not np.isfinite(values).all():
+            values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        lo, hi = float(values.min()), float(values.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        values = _subsample(values)
+        if self.width == 0.0:
+            self.width = _grid_width(self.min, self.max, self.bins)
+            self.start = int(np.floor(self.min / self.width))
+        self._cover(self.min, self.max)
+        left = self.start * self.width
+        counts, _ = np.histogram(values, bins=self.bins, range=(left, left + self.bins * self.width))
+        self.counts += counts
+
+    def _cover(self, lo: float, hi: float) -> None:
+        """Widen the bins (merging pairs) and shift the window until [lo, hi] fits."""
+        while True:
+            first, last = int(np.floor(lo / self.width)), int(np.floor(hi / self.width))
+            if last - first < self.bins:
+                break
+            index = self.start + np.arange(self.bins)
+            self.width *= 2.0
+            self.start = int(np.floor(self.start / 2))
+            merged = np.zeros(self.bins)
+            np.add.at(merged, index // 2 - self.start, self.counts)
+            self.counts = merged
+        # Shift the window so that it starts at or below ``first`` and still holds every count.
+        shift = min(first - self.start, 0) or max(last - (self.start + self.bins - 1), 0)
+        if shift:
+            self.counts = np.roll(self.counts, -shift)
+            self.start += shift
+
+    def edges(self) -> tuple[np.ndarray, float, float]:
+        """The occupied bins and their outer edges."""
+        nonzero = np.flatnonzero(self.counts)
+        if nonzero.size == 0:
+            return np.zeros(1), 0.0, 0.0
+        first, last = int(nonzero[0]), int(nonzero[-1])
+        left = (self.start + first) * self.width
+        return self.counts[first:last + 1], left, left + (last - first + 1) * self.width
+
+    def select(self, method: str = DEFAULT_METHOD, levels: int = 256, symmetric: bool = False,
+               keep_top: bool = False) -> tuple[float, float]:
+        """The clipping range ``method`` picks, or with ``keep_top`` the range for an argmax output.
+
+        ``keep_top``: the top is the observed maximum (never clipped: two classes clipped to the
+        same maximum tie), and the bottom is raised as far as the ``top_k`` largest values of
+        every calibration sample allow (zero stays representable). For argmax only the largest
+        logits matter; MSE over all 1000 spends most levels on the irrelevant negative bulk.
+        """
+        if not np.isfinite(self.min):
+            return 0.0, 0.0
+        hist, left, right = self.edges()
+        if method == "minmax":
+            left, right = self.min, self.max
+        lo, hi = select_range(hist, left, right, method, levels, symmetric)
+        lo, hi = max(lo, min(self.min, 0.0)), min(hi, max(self.max, 0.0))  # never wider than the data
+        if keep_top:
+            hi = max(hi, self.max)
+            if np.isfinite(self.top_k_floor):
+                lo = max(lo, min(self.top_k_floor, 0.0))
+            if symmetric:
+                lo = -hi
+        return lo, hi
+
+
+def _subsample(values: np.ndarray, cap: int = SUBSAMPLE) -> np.ndarray:
+    """Every p-th value (p prime, so it walks through every channel of an NCHW/NHWC tensor).
+
+    The histogram's shape needs far fewer than the ~10^6 values of an early feature map per
+    image; min and max are taken before, exactly. Bounds the histogram time of huge feature maps.
+    """
+    if values.size <= cap:
+        return values
+    step = next(p for p in range(max(-(-values.size // cap), 11), 10 * values.size) if _is_prime(p))
+    return values[::step]
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _grid_width(lo: float, hi: float, bins: int) -> float:
+    """First bin width: the batch spans half the bins; never below the float32 resolution there.
+
+    Randomly initialised networks have activations around 1e-8..1e-11 whose spread may be a
+    few ulps (or none): the floor keeps ``bins`` distinct, finite edges (np.histogram refuses
+    "too many bins for data range" otherwise).
+    """
+    magnitude = max(abs(lo), abs(hi))
+    floor = max(magnitude * 64 * float(np.finfo(np.float32).eps), float(np.finfo(np.float32).tiny))
+    return max((hi - lo) / (bins // 2), floor)
+
+
+def collect_ranges(run: Callable[[np.ndarray], dict[str, np.ndarray]], batches: Iterable[np.ndarray],
+                   method: str = DEFAULT_METHOD, symmetric: bool = False,
+                   outputs: Iterable[str] = ()) -> dict[str, tuple[float, float]]:
+    """Ranges of every tensor ``run(batch) -> {name: values}`` returns, in one pass over ``batches``.
+
+    ``outputs`` name the network's outputs (the logits): their top is never clipped, since
+    argmax lives in the largest values — clipping two classes to the same maximum makes a tie.
+    """
+    keep = set(outputs)
+    hists: dict[str, StreamingHistogram] = {}
     for batch in batches:
         for name, value in run(batch).items():
-            lo[name] = min(lo.get(name, np.inf), float(value.min()))
-            hi[name] = max(hi.get(name, -np.inf), float(value.max()))
-    hists = {name: np.zeros(BINS) for name in lo}
-    for batch in batches:
-        for name, value in run(batch).items():
-            if hi[name] > lo[name]:
-                hists[name] += np.histogram(value, bins=BINS, range=(lo[name], hi[name]))[0]
-    return {name: select_range(hists[name], lo[name], hi[name], method, 256, symmetric) for name in lo}
+            hists.setdefault(name, StreamingHistogram(top_k=TOP_K if name in keep else 0)).add(value)
+    return {name: h.select(method, 256, symmetric, keep_top=name in keep) for name, h in hists.items()}
 
 
 # --- TFLite: the same estimators inside a PT2E observer -----------------------------------------
 
 
 def range_observer(method: str) -> Any:
-    """A torchao HistogramObserver subclass whose range search is :func:`select_range` with ``method``."""
-    import torch
-    from torchao.quantization.pt2e.observer import HistogramObserver
+    """A torchao MinMaxObserver subclass that also keeps a :class:`StreamingHistogram`.
 
-    class RangeObserver(HistogramObserver):
+    Its qparams come from :meth:`StreamingHistogram.select` with ``method``: the same rule and
+    the same histogram code as the ONNX file, at the cost of one np.histogram per call (torchao's
+    HistogramObserver re-bins with upsampling on every call and made calibration ~10x slower).
+    Call ``mark_output()`` on the observer of the network output, before calibration.
+    """
+    import torch
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    class RangeObserver(MinMaxObserver):
         range_method = method
 
-        def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.histogram = StreamingHistogram()
+            self.keep_top = False
+
+        def mark_output(self) -> None:
+            """This observer sees a network output: argmax range (see StreamingHistogram.select)."""
+            self.keep_top = True
+            self.histogram.top_k = TOP_K
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.numel():  # the histogram keeps min/max too: no second reduction (torch.aminmax)
+                self.histogram.add(x.detach().float().numpy())
+                self.min_val.fill_(self.histogram.min)
+                self.max_val.fill_(self.histogram.max)
+            return x
+
+        def picked_range(self) -> tuple[float, float]:
             symmetric = self.qscheme == torch.per_tensor_symmetric
-            lo, hi = select_range(self.histogram.double().numpy(), self.min_val.item(), self.max_val.item(),
-                                  self.range_method, levels=self.quant_max - self.quant_min + 1,
-                                  symmetric=symmetric)
-            return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+            return self.histogram.select(self.range_method, self.quant_max - self.quant_min + 1, symmetric,
+                                         keep_top=self.keep_top)
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            lo, hi = self.picked_range()
+            return self._calculate_qparams(torch.tensor(lo), torch.tensor(hi))
 
     RangeObserver.__name__ = f"RangeObserver_{method}"
     return RangeObserver

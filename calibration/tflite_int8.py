@@ -3,12 +3,14 @@
 Why PT2E and not ai-edge-quantizer on the float .tflite: PT2E quantises the PyTorch graph the
 float file came from, with the calibration tensors run through PyTorch (fast, batched), and
 litert-torch lowers the result to int8 kernels with INT8 input/output. The activation observers
-are :func:`calibration.ranges.range_observer` — the same range estimators as the ONNX file.
+are :func:`calibration.ranges.range_observer` — the same range estimators and histogram code as
+the ONNX file; the output observer keeps the largest logits unclipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +61,20 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
 
     quantizer = fast_path_quantizer(config)
     threads = torch.get_num_threads()
-    # One thread: summation order (hence histograms, ranges and the file's bytes) must not
-    # depend on the machine's core count or on what set torch's threads earlier in the process.
-    torch.set_num_threads(1)
+    # Calibration is not timing: every core. Set explicitly so that the summation order (hence
+    # the ranges and the file's bytes) depends on the machine only, not on earlier callers.
+    torch.set_num_threads(os.cpu_count() or 1)
     try:
         litert_torch.config.show_progress = False
         graph = torch.export.export(channel_last(module), sample).module()
         prepared = prepare_pt2e(graph, quantizer)
+        for observer in output_observers(prepared):
+            observer.mark_output()  # argmax lives in the largest logits: a range for them
         with torch.no_grad():
             for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
                 prepared(nhwc[i:i + 1])
+                if i == 0:
+                    freeze_weight_observers(prepared)
         ranges = observed_ranges(prepared)
         converted = convert_pt2e(prepared, fold_quantize=False)
         lowering = QuantConfig(pt2e_quantizer=quantizer)
@@ -81,18 +87,34 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
     return {"activation_ranges": ranges}
 
 
+def freeze_weight_observers(prepared: Any) -> None:
+    """Weights are constants: once observed, their observers need not reduce them again per sample."""
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.args and getattr(node.args[0], "op", None) == "get_attr":
+            observer = prepared.get_submodule(node.target)
+            observer.forward = _identity
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def output_observers(prepared: Any) -> list[Any]:
+    """The range observers whose value is a graph output (the logits)."""
+    output = next(node for node in prepared.graph.nodes if node.op == "output")
+    found = []
+    for arg in output.args[0] if isinstance(output.args[0], (list, tuple)) else [output.args[0]]:
+        if getattr(arg, "op", None) == "call_module":
+            module = prepared.get_submodule(arg.target)
+            if hasattr(module, "range_method"):
+                found.append(module)
+    return found
+
+
 def observed_ranges(prepared: Any) -> dict[str, tuple[float, float]]:
     """The clipping range each activation observer picked, keyed by the observer's node name."""
-    from calibration.ranges import select_range
-
-    ranges = {}
-    for name, mod in prepared.named_modules():
-        if hasattr(mod, "range_method") and mod.histogram.sum() > 0:
-            symmetric = "symmetric" in str(mod.qscheme)
-            hist = mod.histogram.double().numpy()
-            ranges[name] = select_range(hist, mod.min_val.item(), mod.max_val.item(), mod.range_method,
-                                        mod.quant_max - mod.quant_min + 1, symmetric)
-    return ranges
+    return {name: mod.picked_range() for name, mod in prepared.named_modules()
+            if hasattr(mod, "range_method") and np.isfinite(mod.histogram.min)}
 
 
 def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,6 +5,10 @@ the float reference (``model.pt2`` in torch.export) every format gets top-1 agre
 overlap, logit cosine and SQNR; with labelled data (ImageFolder with ImageNet synset folders)
 also top-1/top-5 and the drop in points. Without ``--data`` the built-in photographs are used
 (seeded crops of scikit-image's photos, no labels).
+
+``--target`` other than ``local`` runs the ONNX and TFLite files there (``runtimes.targets``:
+one runner call per file, every image in it); the PyTorch reference always runs here.
+The metric functions live in :mod:`edgekit.verify`, shared with the export gates.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from calibration.preprocess import PreprocessSpec, to_layout
 from edgekit.errors import ArtifactError, UsageError
 from edgekit.manifest import FORMATS, model_path, read_manifest, record_result
+from edgekit.verify import cosine, sqnr_db, top1_agreement, top5_overlap
 
 BUILTIN_IMAGES = 64
 BUILTIN_SEED = 2024  # not the calibration seed: eval crops differ from the calibration crops
@@ -27,9 +32,6 @@ DEFAULT_LAYOUT = {"torch": "NCHW", "onnx": "NCHW", "tflite": "NHWC"}
 def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: int | None = None,
              target: str = "local", threads: int = 1) -> dict[str, Any]:
     """Run every artifact on the same images; per-format accuracy and agreement with PyTorch float."""
-    if target != "local":
-        raise UsageError(f"eval on target {target!r} is not supported yet",
-                         "run `edgekit eval` with --target local")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, got {limit}", "pass e.g. --limit 100")
     folder = Path(artifact_dir)
@@ -38,9 +40,15 @@ def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: in
         raise ArtifactError(f"{folder} has no torch reference (model.pt2)", "re-run `edgekit export` for it")
     spec = PreprocessSpec.from_dict(manifest["preprocess"])
     images, labels, names, data_desc = load_eval_images(spec, data, limit)
+    remote = None if target == "local" else _remote(target)
     outputs, measured_by = {}, {}
     for fmt in [f for f in FORMATS if f in manifest["files"]]:
-        outputs[fmt], measured_by[fmt] = run_format(folder, manifest, fmt, images, threads)
+        if remote is None or fmt == "torch":  # the float reference is local-only
+            outputs[fmt], measured_by[fmt] = run_format(folder, manifest, fmt, images, threads)
+        else:
+            outputs[fmt], measured_by[fmt] = run_on_target(remote, folder, manifest, fmt, images, threads)
+    if remote is not None:
+        measured_by["torch"]["note"] = f"run locally as the reference; not on {target}"
     reference = outputs["torch"]
     rows = [{"format": fmt, **measured_by[fmt], **figures(reference, out, labels, names)}
             for fmt, out in outputs.items()]
@@ -51,7 +59,8 @@ def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: in
         "formats": rows,
         "measured": {
             "images": len(images), "data": data_desc, "labelled": labels is not None, "threads": threads,
-            "target": target, "reference": "torch (model.pt2, float32)",
+            "target": target, "emulated": bool(remote is not None and remote.emulated),
+            "reference": "torch (model.pt2, float32, local)",
             "preprocess": spec.to_dict(),
         },
     }
@@ -97,6 +106,31 @@ def run_format(folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndar
     return logits, how
 
 
+def _remote(spec: str) -> Any:
+    from runtimes.targets import get_target
+
+    target = get_target(spec)
+    target.check()
+    return target
+
+
+def run_on_target(target: Any, folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray,
+                  threads: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits of one artifact on a remote/emulated target: one runner call with every image."""
+    from runtimes import runtime_for_file
+
+    path = model_path(folder, manifest, fmt)
+    engine = runtime_for_file(path)
+    layout = manifest["files"][fmt].get("layout") or DEFAULT_LAYOUT[fmt.split("-")[0]]
+    result = target.run(path, engine, threads=threads, warmup=0, runs=1, inputs=to_layout(images, layout))
+    how = {"runtime": engine, "version": result.get("engine_version"),
+           "accelerator": "XNNPACK" if result.get("xnnpack") else None, "layout": layout,
+           "target": target.name, "machine": result.get("machine"), "emulated": target.emulated}
+    if result.get("note"):
+        how["note"] = result["note"]
+    return np.asarray(result["outputs"], dtype=np.float32).reshape(len(images), -1), how
+
+
 def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None,
             names: list[str]) -> dict[str, Any]:
     """Agreement, top-5 overlap, cosine, SQNR vs the reference; top-1/5 with labels; worst images."""
@@ -105,7 +139,7 @@ def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None
     cos = cosine(ref, out)
     row: dict[str, Any] = {
         "images": len(out),
-        "agreement_top1": round(100 * float(np.mean(ref.argmax(1) == out.argmax(1))), 2),
+        "agreement_top1": round(100 * top1_agreement(ref, out), 2),
         "top5_overlap": round(100 * top5_overlap(ref, out), 2),
         "cosine": round(float(cos.mean()), 6),
         "cosine_min": round(float(cos.min()), 6),
@@ -118,21 +152,3 @@ def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None
         row["top5"] = round(100 * float(np.mean((top5 == labels[:, None]).any(1))), 2)
     return row
 
-
-def cosine(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Per-image cosine similarity of two logit batches."""
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    return np.sum(ref * out, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
-
-
-def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio of the logits, in dB (inf when identical)."""
-    noise = float(np.sum((ref - out) ** 2))
-    return float("inf") if noise == 0 else 10.0 * float(np.log10(np.sum(ref**2) / noise))
-
-
-def top5_overlap(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean fraction of the reference's top-5 classes that the output's top-5 also has."""
-    a = np.argsort(-ref, axis=1)[:, :5]
-    b = np.argsort(-out, axis=1)[:, :5]
-    return float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, b, strict=True)]))

@@ -64,16 +64,43 @@ def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     out = output.astype(np.float64).reshape(len(output), -1)
     diff = np.abs(out - ref)
     scale = max(float(np.abs(ref).max()), np.finfo(np.float32).tiny)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cosine = np.sum(ref * out, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
     return {
         "max_abs_err": float(diff.max()),
         "mean_abs_err": float(diff.mean()),
         "max_rel_err": float(diff.max() / scale),
         "logit_scale": scale,
-        "cosine_min": float(cosine.min()),
-        "top1_agreement": float(np.mean(ref.argmax(1) == out.argmax(1))),
+        "cosine_min": float(cosine(ref, out).min()),
+        "top1_agreement": top1_agreement(ref, out),
     }
+
+
+# The metrics shared by verification (gates) and `edgekit eval` (accuracy tables).
+
+
+def cosine(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per-sample cosine similarity of two logit batches."""
+    ref, out = ref.astype(np.float64), out.astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    return np.sum(ref * out, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+def top1_agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    """Fraction of samples whose argmax is the reference's."""
+    return float(np.mean(ref.argmax(1) == out.argmax(1)))
+
+
+def top5_overlap(ref: np.ndarray, out: np.ndarray) -> float:
+    """Mean fraction of the reference's top-5 classes that the output's top-5 also has."""
+    a = np.argsort(-ref, axis=1)[:, :5]
+    b = np.argsort(-out, axis=1)[:, :5]
+    return float(np.mean([len(set(x) & set(y)) / 5 for x, y in zip(a, b, strict=True)]))
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio of the logits, in dB (inf when identical)."""
+    ref, out = ref.astype(np.float64), out.astype(np.float64)
+    noise = float(np.sum((ref - out) ** 2))
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(np.sum(ref**2) / noise))
 
 
 def run_file(path: str | Path, fmt: str, layout: str, batch: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from calibration.preprocess import PreprocessSpec
-from calibration.ranges import METHODS, onnx_activation_ranges, select_range
+from calibration.ranges import METHODS, StreamingHistogram, collect_ranges, select_range
 from calibration.sources import calibration_set, labelled_images
 from edgekit.errors import DataError
 
@@ -143,7 +143,48 @@ def test_symmetric_ranges_and_zero_inside():
         assert s_lo == -s_hi
 
 
-def test_onnx_activation_ranges_two_passes():
+def test_collect_ranges_one_pass_and_output_keeps_top():
     batches = [np.arange(10, dtype=np.float32) - 3, np.arange(10, dtype=np.float32) * 2]
-    ranges = onnx_activation_ranges(lambda b: {"t": b}, batches, "minmax")
+    ranges = collect_ranges(lambda b: {"t": b}, batches, "minmax")
     assert ranges["t"] == pytest.approx((-3.0, 18.0))
+    rng = np.random.default_rng(3)
+    logits = [np.concatenate([rng.standard_normal(100_000), rng.exponential(3.0, 200)]).astype(np.float32)]
+    top = float(logits[0].max())
+    clipped = collect_ranges(lambda b: {"y": b}, logits, "mse")["y"]
+    kept = collect_ranges(lambda b: {"y": b}, logits, "mse", outputs=["y"])["y"]
+    assert clipped[1] < 0.9 * top and kept[1] == pytest.approx(top) and kept[0] == pytest.approx(clipped[0])
+
+
+def test_streaming_histogram_matches_one_shot_histogram():
+    """Growing the range batch by batch (exact pair merges) loses no counts and picks the same range."""
+    rng = np.random.default_rng(4)
+    spreads = [(0.1, 0.0), (1.0, 2.0), (5.0, -3.0), (0.01, 0.0)]
+    parts = [rng.standard_normal(20_000) * s + o for s, o in spreads]
+    streaming = StreamingHistogram()
+    for part in parts:
+        streaming.add(part.astype(np.float32))
+    data = np.concatenate(parts).astype(np.float32)
+    counts, left, right = streaming.edges()
+    assert counts.sum() == data.size and len(counts) >= 2048 // 4
+    span = float(data.max() - data.min())
+    assert left <= data.min() and right >= data.max() and right - left < 1.01 * span
+    hist, lo, hi = _histogram(data.astype(np.float64))
+    one_shot = select_range(hist, lo, hi, "mse")
+    assert streaming.select("mse") == pytest.approx(one_shot, rel=0.02)
+
+
+@pytest.mark.parametrize("values", [
+    np.full(64, 3e-11, np.float32),                           # constant: zero spread
+    np.float32([3e-11, 3.0000002e-11, 2.9999998e-11] * 20),   # a few ulps: "too many bins" before
+    np.float32([-1e-11, 2e-11, 1e-9, 0.0]),
+    np.zeros(8, np.float32),
+])
+def test_degenerate_ranges_do_not_crash(values):
+    """Randomly initialised networks have activations ~1e-8..1e-11: histograms must still work."""
+    hist = StreamingHistogram()
+    hist.add(values)
+    hist.add(values * 0.5)
+    for method in METHODS:
+        lo, hi = hist.select(method)
+        assert np.isfinite(lo) and np.isfinite(hi) and lo <= 0.0 <= hi
+        assert (hi > 0) == (values.max() > 0)

@@ -62,16 +62,43 @@ def test_eval_labelled_folder(float_dir, tmp_path):
     assert all(r["drop_top1"] == pytest.approx(torch_row["top1"] - r["top1"]) for r in result["formats"])
 
 
-def test_eval_remote_target_is_a_usage_error(float_dir):
+def test_eval_unknown_target_is_a_usage_error(float_dir):
     with pytest.raises(UsageError, match="target"):
-        evaluate.evaluate(float_dir, target="pi4-emu")
+        evaluate.evaluate(float_dir, target="pi9-emu")
+
+
+PI_ROOTFS = Path.home() / ".cache" / "edgekit" / "pi-rootfs"
+
+
+@pytest.mark.skipif(not PI_ROOTFS.is_dir(), reason="needs the emulated Pi rootfs (scripts/test-deps.sh)")
+def test_eval_on_emulated_pi_matches_local(tmp_path):
+    """The same files on pi4-emu (one runner call per file) give the logits they give here."""
+    from edgekit import pipeline
+
+    out = tmp_path / "tiny"
+    pipeline.export("mobilenet_v2", out_dir=out, width=0.35, resolution=64, int8=True, calib_samples=8)
+    manifest = read_manifest(out)
+    for fmt in [f for f in manifest["files"] if f not in ("torch", "onnx-int8", "tflite-int8")]:
+        manifest["files"].pop(fmt)  # one int8 file per engine keeps the emulated calls to two
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    local = {r["format"]: r for r in evaluate.evaluate(out, limit=4)["formats"]}
+    remote = evaluate.evaluate(out, limit=4, target="pi4-emu")
+    rows = {r["format"]: r for r in remote["formats"]}
+    assert remote["measured"]["emulated"] is True and "note" in rows["torch"]
+    for fmt in ("onnx-int8", "tflite-int8"):
+        assert rows[fmt]["target"] == "pi4-emu" and rows[fmt]["images"] == 4
+        # Same integer kernels up to the engine build: logits agree with the local run.
+        assert rows[fmt]["cosine"] == pytest.approx(local[fmt]["cosine"], abs=0.02), (rows[fmt], local[fmt])
 
 
 def test_metrics_on_known_values():
+    from edgekit import verify
+
     ref = np.array([[1.0, 2.0, 3.0, 0.0, -1.0, 5.0]])
-    assert evaluate.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
-    assert evaluate.cosine(ref, 2 * ref)[0] == pytest.approx(1.0)
-    assert evaluate.top5_overlap(ref, ref) == 1.0
+    assert verify.sqnr_db(ref, ref * 1.1) == pytest.approx(20.0)
+    assert verify.cosine(ref, 2 * ref)[0] == pytest.approx(1.0)
+    assert verify.top5_overlap(ref, ref) == 1.0
+    assert verify.compare(ref, 2 * ref)["cosine_min"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from calibration.int8 import quantize_all
@@ -37,6 +36,12 @@ def test_int8_files_and_manifest(int8_dir):
     # ORT fuses the QDQ pairs: integer convolutions, no float Conv left.
     fused = files["onnx-int8"]["fused_ops"]
     assert fused.get("QLinearConv", 0) > 30 and fused.get("Conv", 0) == 0
+    # The logits stay float: the classifier runs as QGemm with a float output, no Q/DQ after it.
+    import onnx
+
+    graph = onnx.load(str(int8_dir / files["onnx-int8"]["path"])).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    assert producer[graph.output[0].name] == "Gemm" and fused.get("QGemm") == 1
     calib = manifest["calibration"]
     assert calib["source"] == "builtin" and calib["samples"] == 16 and calib["per_channel"] is True
     assert len(calib["activation_ranges"]["onnx"]) > 50 and len(calib["activation_ranges"]["tflite"]) > 30
@@ -46,14 +51,14 @@ def test_int8_files_and_manifest(int8_dir):
 
 @pytest.mark.parametrize("fmt", ["onnx-int8", "tflite-int8"])
 def test_int8_runs_and_agrees_with_float(int8_dir, fmt):
-    from edgekit import evaluate
+    from edgekit import evaluate, verify
 
     manifest = read_manifest(int8_dir)
     images, _, _, _ = evaluate.load_eval_images(PreprocessSpec.from_dict(manifest["preprocess"]), None, 24)
     ref, _ = evaluate.run_format(int8_dir, manifest, "torch", images, threads=1)
     out, how = evaluate.run_format(int8_dir, manifest, fmt, images, threads=1)
     assert out.shape == ref.shape == (24, 1000)
-    cos = evaluate.cosine(ref.astype(np.float64), out.astype(np.float64))
+    cos = verify.cosine(ref, out)
     # Random-init logits are tiny and close together; cosine is the robust check here.
     assert float(cos.mean()) > 0.9, (fmt, how, float(cos.mean()))
     assert manifest["files"][fmt]["verification"]["images"]["cosine_min"] > 0.8

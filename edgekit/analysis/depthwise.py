@@ -439,13 +439,14 @@ def plot_sqnr(result: dict[str, Any], ax: Any) -> None:
     ax.bar(index, [layer["weight_sqnr_per_tensor"] for layer in layers], color=colors, width=0.8)
     ax.scatter(index, [layer["weight_sqnr_per_channel"] for layer in layers], c=colors, marker="o", s=14,
                edgecolors="black", linewidths=0.4, zorder=3)
-    for kind, color in KIND_COLORS.items():
-        if any(layer["kind"] == kind for layer in layers):
-            ax.bar([], [], color=color, label=kind)
+    from matplotlib.patches import Patch
+
+    present = [kind for kind in KIND_COLORS if any(layer["kind"] == kind for layer in layers)]
+    ax.legend(handles=[Patch(color=KIND_COLORS[k], label=k) for k in present], fontsize=8, ncol=len(present),
+              loc="lower right")
     ax.set_xlabel("layer (network order)")
     ax.set_ylabel(f"weight SQNR, {result['bits']}-bit (dB)")
     ax.set_title(f"{result['model']}: per-tensor (bars) vs per-channel (dots), BN folded")
-    ax.legend(fontsize=8, ncol=len(KIND_COLORS))
 
 
 def plot_ranges(result: dict[str, Any], ax: Any) -> None:
