@@ -138,17 +138,16 @@ def test_onnx_int8_has_fewer_float_ops(int8_files: dict[str, Path], tmp_path: Pa
 
 
 def test_int8_outputs_still_agree(int8_files: dict[str, Path]) -> None:
-    """The rewritten int8 files compute the same network: logits close to the float model's."""
+    """The rewrite changes how the int8 file computes, not what: same quantiser, close outputs."""
     from runtimes import get_runtime
 
     x = _calib()[:1]
-    with torch.no_grad():
-        ref = tiny_net("hardswish")(torch.from_numpy(x)).numpy()
-    scale = np.abs(ref).max()
-    for fmt, runtime in (("tflite-after", "litert"), ("onnx-after", "onnxruntime")):
-        sess = get_runtime(runtime).load(int8_files[fmt], threads=1)
-        out = np.asarray(sess.run(x if runtime == "onnxruntime" else x.transpose(0, 2, 3, 1)), np.float32)
-        assert np.abs(out.reshape(ref.shape) - ref).max() < 0.2 * scale, fmt
+    for fmt, runtime in (("tflite", "litert"), ("onnx", "onnxruntime")):
+        native = x if runtime == "onnxruntime" else x.transpose(0, 2, 3, 1)
+        before, after = (get_runtime(runtime).load(int8_files[f"{fmt}-{v}"], threads=1).run(native)
+                         for v in ("before", "after"))
+        assert np.abs(after - before).max() < 0.2 * np.abs(before).max(), fmt
+        assert after.argmax() == before.argmax(), fmt
 
 
 class _Residual(nn.Module):
