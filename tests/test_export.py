@@ -31,12 +31,8 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def _model(name: str = "mobilenet_v2"):
-    import torch
-
-    from edgekit.zoo import create_model
-
-    torch.manual_seed(0)  # the pipeline seeds the same way (seed=0), so the weights match
-    return create_model(name, width=TINY["width"])
+    # The pipeline's own build: seeded weights and batch-norm statistics from the built-in photos.
+    return pipeline.build(name, width=TINY["width"], resolution=TINY["resolution"]).model
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
