@@ -36,8 +36,13 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
     per_channel = not options.get("per_tensor", False)
     symmetric = bool(options.get("symmetric_activations", False))
     seed = int(options.get("seed") or 0)
-    calib = calibration_set(options.get("calib"), spec, options.get("calib_samples"), seed,
-                            bool(options.get("skip_bad_images", False)))
+    calib = calibration_set(
+        options.get("calib"),
+        spec,
+        options.get("calib_samples"),
+        seed,
+        bool(options.get("skip_bad_images", False)),
+    )
     model, remedies = apply_remedies(model, calib.tensors, options, per_channel)
     # int8 fast paths (exporters/rewrites.py): hard-swish/hard-sigmoid as ops with int8 kernels, on a copy
     from exporters.rewrites import int8_friendly_copy
@@ -46,22 +51,32 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
     graph_changes = [*remedies, rewrites] if rewrites["rewritten"] else remedies
     files = manifest["files"]
     record: dict[str, Any] = {
-        "source": calib.source, "samples": len(calib.tensors), "method": method, "per_channel": per_channel,
-        "symmetric_activations": symmetric, "seed": seed, "detail": calib.detail, "remedies": remedies,
-        "rewrites": rewrites, "activation_ranges": {},
+        "source": calib.source,
+        "samples": len(calib.tensors),
+        "method": method,
+        "per_channel": per_channel,
+        "symmetric_activations": symmetric,
+        "seed": seed,
+        "detail": calib.detail,
+        "remedies": remedies,
+        "rewrites": rewrites,
+        "activation_ranges": {},
     }
     checks = _verification_inputs(model, spec)
     if "onnx-fp32" in files:
-        record["activation_ranges"]["onnx"] = _onnx(stage_dir, files, model, calib.tensors, method,
-                                                    per_channel, symmetric, graph_changes, checks)
+        record["activation_ranges"]["onnx"] = _onnx(
+            stage_dir, files, model, calib.tensors, method, per_channel, symmetric, graph_changes, checks
+        )
     if "tflite-fp32" in files:
-        record["activation_ranges"]["tflite"] = _tflite(stage_dir, files, model, calib.tensors, method,
-                                                        per_channel, symmetric, checks)
+        record["activation_ranges"]["tflite"] = _tflite(
+            stage_dir, files, model, calib.tensors, method, per_channel, symmetric, checks
+        )
     manifest["calibration"] = record
 
 
-def apply_remedies(model: Any, tensors: np.ndarray, options: dict[str, Any],
-                   per_channel: bool) -> tuple[Any, list[dict[str, Any]]]:
+def apply_remedies(
+    model: Any, tensors: np.ndarray, options: dict[str, Any], per_channel: bool
+) -> tuple[Any, list[dict[str, Any]]]:
     """Cross-layer equalisation and bias correction on a copy of the float model, when asked."""
     if not (options.get("equalize") or options.get("bias_correct")):
         return model, []
@@ -75,15 +90,23 @@ def apply_remedies(model: Any, tensors: np.ndarray, options: dict[str, Any],
         remedies.append({"name": "cross_layer_equalize", **equalize.cross_layer_equalize(model)})
     if options.get("bias_correct"):
         equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
-        batches = [tensors[i:i + 16] for i in range(0, len(tensors), 16)]
+        batches = [tensors[i : i + 16] for i in range(0, len(tensors), 16)]
         report = equalize.bias_correct(model, batches, weight_bits=8, per_channel=per_channel)
         remedies.append({"name": "bias_correct", **report})
     return model, remedies
 
 
-def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str,
-          per_channel: bool, symmetric: bool, remedies: list[dict[str, Any]],
-          checks: dict[str, Any]) -> dict[str, list[float]]:
+def _onnx(
+    stage: Path,
+    files: dict[str, Any],
+    model: Any,
+    tensors: np.ndarray,
+    method: str,
+    per_channel: bool,
+    symmetric: bool,
+    remedies: list[dict[str, Any]],
+    checks: dict[str, Any],
+) -> dict[str, list[float]]:
     from calibration import onnx_int8
 
     src = stage / files["onnx-fp32"]["path"]
@@ -95,30 +118,56 @@ def _onnx(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, m
 
             src = Path(tmp) / "remedied.onnx"
             onnx_exporter.export(model, torch.from_numpy(tensors[:1]), src)
-        info = onnx_int8.quantize_onnx(src, stage / "model_int8.onnx", tensors, method=method,
-                                       per_channel=per_channel, symmetric_activations=symmetric)
+        info = onnx_int8.quantize_onnx(
+            src,
+            stage / "model_int8.onnx",
+            tensors,
+            method=method,
+            per_channel=per_channel,
+            symmetric_activations=symmetric,
+        )
     path = stage / "model_int8.onnx"
     inp, out = onnx_int8.io_quantisation(path)
     files["onnx-int8"] = file_entry(
-        stage, "model_int8.onnx", format="onnx-int8", precision="int8", layout="NCHW",
-        input=inp, output=out,
+        stage,
+        "model_int8.onnx",
+        format="onnx-int8",
+        precision="int8",
+        layout="NCHW",
+        input=inp,
+        output=out,
         quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges",
-        fused_ops=onnx_int8.fused_ops(path), verification=_verify(path, "onnx-int8", "NCHW", checks),
+        fused_ops=onnx_int8.fused_ops(path),
+        verification=_verify(path, "onnx-int8", "NCHW", checks),
     )
     return _rounded(info["activation_ranges"])
 
 
-def _tflite(stage: Path, files: dict[str, Any], model: Any, tensors: np.ndarray, method: str,
-            per_channel: bool, symmetric: bool, checks: dict[str, Any]) -> dict[str, list[float]]:
+def _tflite(
+    stage: Path,
+    files: dict[str, Any],
+    model: Any,
+    tensors: np.ndarray,
+    method: str,
+    per_channel: bool,
+    symmetric: bool,
+    checks: dict[str, Any],
+) -> dict[str, list[float]]:
     from calibration import tflite_int8
 
     path = stage / "model_int8.tflite"
-    info = tflite_int8.quantize_tflite(model, path, tensors, method=method, per_channel=per_channel,
-                                       symmetric_activations=symmetric)
+    info = tflite_int8.quantize_tflite(
+        model, path, tensors, method=method, per_channel=per_channel, symmetric_activations=symmetric
+    )
     inp, out = tflite_int8.io_quantisation(path)
     files["tflite-int8"] = file_entry(
-        stage, "model_int8.tflite", format="tflite-int8", precision="int8", layout="NHWC",
-        input=inp, output=out,
+        stage,
+        "model_int8.tflite",
+        format="tflite-int8",
+        precision="int8",
+        layout="NHWC",
+        input=inp,
+        output=out,
         quantizer="litert-torch PT2E (full integer) with edgekit range observers",
         verification=_verify(path, "tflite-int8", "NHWC", checks),
     )

@@ -32,8 +32,10 @@ def preprocess_model(src: Path, dst: Path) -> Path:
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
         except Exception:
-            raise ExportError(f"ONNX Runtime could not pre-process {src.name} for quantisation: {exc}",
-                              "re-export the float model; report the failing op") from exc
+            raise ExportError(
+                f"ONNX Runtime could not pre-process {src.name} for quantisation: {exc}",
+                "re-export the float model; report the failing op",
+            ) from exc
     return dst
 
 
@@ -47,8 +49,11 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
 
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {vi.name for vi in [*inferred.graph.value_info, *inferred.graph.output]
-              if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {
+        vi.name
+        for vi in [*inferred.graph.value_info, *inferred.graph.output]
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     existing = {o.name for o in model.graph.output}
     names = []
     for node in model.graph.node:
@@ -67,8 +72,13 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
     return session, inp.name, names, static_batch
 
 
-def activation_ranges(model_path: Path, tensors: np.ndarray, method: str = DEFAULT_METHOD,
-                      symmetric: bool = False, batch: int = 16) -> dict[str, tuple[float, float]]:
+def activation_ranges(
+    model_path: Path,
+    tensors: np.ndarray,
+    method: str = DEFAULT_METHOD,
+    symmetric: bool = False,
+    batch: int = 16,
+) -> dict[str, tuple[float, float]]:
     """Per-tensor [lo, hi] of the graph input and every float node output over ``tensors`` (NCHW).
 
     One ONNX Runtime pass; the graph outputs keep their maximum (see :func:`collect_ranges`).
@@ -83,7 +93,7 @@ def activation_ranges(model_path: Path, tensors: np.ndarray, method: str = DEFAU
         outs = session.run(names, {input_name: x})
         return {input_name: x, **dict(zip(names, outs, strict=True))}
 
-    batches = (tensors[i:i + step] for i in range(0, len(tensors), step))
+    batches = (tensors[i : i + step] for i in range(0, len(tensors), step))
     return collect_ranges(run, batches, method, symmetric, outputs)
 
 
@@ -95,14 +105,23 @@ def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) 
         save_tensors_data,
     )
 
-    data = {name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
-            for name, (lo, hi) in ranges.items()}
+    data = {
+        name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for name, (lo, hi) in ranges.items()
+    }
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
     return path
 
 
-def quantize_onnx(src: Path, dst: Path, tensors: np.ndarray, *, method: str = DEFAULT_METHOD,
-                  per_channel: bool = True, symmetric_activations: bool = False) -> dict[str, Any]:
+def quantize_onnx(
+    src: Path,
+    dst: Path,
+    tensors: np.ndarray,
+    *,
+    method: str = DEFAULT_METHOD,
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+) -> dict[str, Any]:
     """Write a QDQ int8 copy of ``src`` at ``dst``; returns the activation ranges used."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -112,16 +131,22 @@ def quantize_onnx(src: Path, dst: Path, tensors: np.ndarray, *, method: str = DE
         cache = write_calibration_cache(ranges, Path(tmp) / "ranges.json")
         try:
             quantize_static(
-                str(pre), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                str(pre),
+                str(dst),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
                 calibration_cache_path=str(cache),
             )
         except Exception as exc:
-            raise ExportError(f"ONNX Runtime int8 quantisation of {src.name} failed: {exc}",
-                              "try --per-tensor or report the failing op") from exc
+            raise ExportError(
+                f"ONNX Runtime int8 quantisation of {src.name} failed: {exc}",
+                "try --per-tensor or report the failing op",
+            ) from exc
     float_outputs(dst)
     return {"activation_ranges": ranges}
 

@@ -46,8 +46,9 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
             img.load()
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}",
-                        "remove or replace the file, or pass --skip-bad-images") from exc
+        raise DataError(
+            f"cannot read image {path}: {exc}", "remove or replace the file, or pass --skip-bad-images"
+        ) from exc
     return preprocess_pil(rgb, spec)
 
 
@@ -55,16 +56,20 @@ def preprocess_pil(img: Any, spec: PreprocessSpec) -> np.ndarray:
     """Resize the short side to ``spec.resize``, centre-crop ``spec.resolution``, normalise -> CHW."""
     from PIL import Image
 
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[spec.interpolation]
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+        spec.interpolation
+    ]
     w, h = img.size
     scale = spec.resize / min(w, h)
     # torchvision's Resize(int): the short side becomes exactly `resize`, the long side truncated.
-    new_w, new_h = (spec.resize, int(spec.resize * h / w)) if w <= h else (int(spec.resize * w / h), spec.resize)
+    new_w, new_h = (
+        (spec.resize, int(spec.resize * h / w)) if w <= h else (int(spec.resize * w / h), spec.resize)
+    )
     if scale != 1.0:
         img = img.resize((new_w, new_h), resample)
     w, h = img.size
-    left = int(round((w - spec.resolution) / 2.0))
-    top = int(round((h - spec.resolution) / 2.0))
+    left = round((w - spec.resolution) / 2.0)
+    top = round((h - spec.resolution) / 2.0)
     img = img.crop((left, top, left + spec.resolution, top + spec.resolution))
     arr = np.asarray(img, dtype=np.float32) / 255.0
     lo, hi = spec.value_range

@@ -27,8 +27,14 @@ TOP_K = 5  # an output range keeps every calibration sample's top-5
 SUBSAMPLE = 1 << 21  # values per tensor and batch that enter a histogram (all of them at 224 px)
 
 
-def select_range(hist: np.ndarray, lo: float, hi: float, method: str = DEFAULT_METHOD,
-                 levels: int = 256, symmetric: bool = False) -> tuple[float, float]:
+def select_range(
+    hist: np.ndarray,
+    lo: float,
+    hi: float,
+    method: str = DEFAULT_METHOD,
+    levels: int = 256,
+    symmetric: bool = False,
+) -> tuple[float, float]:
     """The clipping range [lo', hi'] that ``method`` picks from a histogram over [lo, hi]."""
     hist = np.asarray(hist, dtype=np.float64)
     lo, hi = float(lo), float(hi)
@@ -188,14 +194,15 @@ class StreamingHistogram:
         if nonzero.size == 0:
             return np.zeros(1), 0.0, 0.0
         first, last = int(nonzero[0]), int(nonzero[-1])
-        counts = self.counts[first:last + 1]
+        counts = self.counts[first : last + 1]
         factor = -(-len(counts) // bins)
         counts = np.pad(counts, (0, -len(counts) % factor)).reshape(-1, factor).sum(1)
         left = (self.start + first) * self.width
         return counts, left, left + len(counts) * factor * self.width
 
-    def select(self, method: str = DEFAULT_METHOD, levels: int = 256, symmetric: bool = False,
-               keep_top: bool = False) -> tuple[float, float]:
+    def select(
+        self, method: str = DEFAULT_METHOD, levels: int = 256, symmetric: bool = False, keep_top: bool = False
+    ) -> tuple[float, float]:
         """The clipping range ``method`` picks, or with ``keep_top`` the range for an argmax output.
 
         ``keep_top``: the top is the observed maximum (never clipped: two classes clipped to the
@@ -247,9 +254,13 @@ def _grid_width(lo: float, hi: float, bins: int) -> float:
     return max((hi - lo) / (bins // 2), floor)
 
 
-def collect_ranges(run: Callable[[np.ndarray], dict[str, np.ndarray]], batches: Iterable[np.ndarray],
-                   method: str = DEFAULT_METHOD, symmetric: bool = False,
-                   outputs: Iterable[str] = ()) -> dict[str, tuple[float, float]]:
+def collect_ranges(
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    batches: Iterable[np.ndarray],
+    method: str = DEFAULT_METHOD,
+    symmetric: bool = False,
+    outputs: Iterable[str] = (),
+) -> dict[str, tuple[float, float]]:
     """Ranges of every tensor ``run(batch) -> {name: values}`` returns, in one pass over ``batches``.
 
     ``outputs`` name the network's outputs (the logits): their top is never clipped, since
@@ -299,8 +310,9 @@ def range_observer(method: str) -> Any:
 
         def picked_range(self) -> tuple[float, float]:
             symmetric = self.qscheme == torch.per_tensor_symmetric
-            return self.histogram.select(self.range_method, self.quant_max - self.quant_min + 1, symmetric,
-                                         keep_top=self.keep_top)
+            return self.histogram.select(
+                self.range_method, self.quant_max - self.quant_min + 1, symmetric, keep_top=self.keep_top
+            )
 
         def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
             lo, hi = self.picked_range()

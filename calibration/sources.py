@@ -33,8 +33,17 @@ CROP_SCALE = (0.25, 1.0)  # area fraction of a crop: wide enough to vary, not so
 # (brick, grass, page, text, moon, chessboard, color...) are left out on purpose: they pushed the
 # first layers' ranges to 1.4-1.9x the ranges ImageNet images give (docs/int8.md).
 BUILTIN_PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
+    "camera.png",
+    "coins.png",
 )
 
 
@@ -51,12 +60,15 @@ def find_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (any depth), sorted so that sampling is reproducible."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder",
-                        "pass an image folder, a .npy file, 'builtin' or 'random'")
+        raise DataError(
+            f"{folder} is not a folder", "pass an image folder, a .npy file, 'builtin' or 'random'"
+        )
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"no images in {folder}",
-                        f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) or use --calib builtin")
+        raise DataError(
+            f"no images in {folder}",
+            f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) or use --calib builtin",
+        )
     return files
 
 
@@ -66,8 +78,9 @@ def imagenet_synsets() -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def labelled_images(folder: str | Path,
-                    index_file: str | Path | None = None) -> list[tuple[Path, int | None]]:
+def labelled_images(
+    folder: str | Path, index_file: str | Path | None = None
+) -> list[tuple[Path, int | None]]:
     """Images of ``folder`` with their class index when known.
 
     Labels come from an ``index_file`` (lines ``relative/path.jpg <class index>``) or from an
@@ -90,13 +103,15 @@ def _read_index(path: Path) -> dict[str, int]:
             name, label = line.rsplit(maxsplit=1)
             table[name.strip()] = int(label)
         except ValueError as exc:
-            raise DataError(f"{path}:{n}: expected 'relative/path.jpg <class index>'",
-                            "fix the index file") from exc
+            raise DataError(
+                f"{path}:{n}: expected 'relative/path.jpg <class index>'", "fix the index file"
+            ) from exc
     return table
 
 
-def load_images(paths: Sequence[Path], spec: PreprocessSpec,
-                skip_bad_images: bool = False) -> tuple[np.ndarray, list[Path]]:
+def load_images(
+    paths: Sequence[Path], spec: PreprocessSpec, skip_bad_images: bool = False
+) -> tuple[np.ndarray, list[Path]]:
     """Preprocess ``paths`` into one NCHW batch; unreadable files fail, or warn and skip."""
     arrays, kept = [], []
     for path in paths:
@@ -125,14 +140,20 @@ def builtin_photos() -> list[tuple[str, Any]]:
             with Image.open(path) as img:
                 photos.append((name, img.convert("RGB")))
     if not photos:
-        raise DataError(f"no built-in photographs found in {folder}",
-                        "reinstall scikit-image, or pass --calib with an image folder")
+        raise DataError(
+            f"no built-in photographs found in {folder}",
+            "reinstall scikit-image, or pass --calib with an image folder",
+        )
     return photos
 
 
-def random_crop(img: Any, spec: PreprocessSpec, rng: np.random.Generator,
-                scale: tuple[float, float] = CROP_SCALE,
-                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+def random_crop(
+    img: Any,
+    spec: PreprocessSpec,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
     """A RandomResizedCrop-style view (area fraction, aspect, position, flip) -> CHW normalised."""
     from PIL import Image
 
@@ -175,18 +196,27 @@ def npy_tensors(path: Path, spec: PreprocessSpec) -> np.ndarray:
         raise DataError(f"cannot read {path}: {exc}", "save it with numpy.save (no pickled objects)") from exc
     if array.ndim == 4 and array.shape[1] == 3 and array.dtype == np.float32:
         if array.shape[2:] != (spec.resolution, spec.resolution):
-            raise DataError(f"{path} holds {array.shape[2]}x{array.shape[3]} tensors, the model takes "
-                            f"{spec.resolution}x{spec.resolution}",
-                            "store (N,H,W,3) uint8 images instead; they are resized here")
+            raise DataError(
+                f"{path} holds {array.shape[2]}x{array.shape[3]} tensors, the model takes "
+                f"{spec.resolution}x{spec.resolution}",
+                "store (N,H,W,3) uint8 images instead; they are resized here",
+            )
         return np.ascontiguousarray(array)
     if array.ndim == 4 and array.shape[3] == 3 and array.dtype == np.uint8:
         return np.stack([preprocess_pil(Image.fromarray(a), spec) for a in array])
-    raise DataError(f"{path} has shape {array.shape} and dtype {array.dtype}",
-                    "use (N,3,H,W) float32 preprocessed tensors or (N,H,W,3) uint8 images")
+    raise DataError(
+        f"{path} has shape {array.shape} and dtype {array.dtype}",
+        "use (N,3,H,W) float32 preprocessed tensors or (N,H,W,3) uint8 images",
+    )
 
 
-def calibration_set(source: str | Path | None, spec: PreprocessSpec, samples: int | None = None,
-                    seed: int = 0, skip_bad_images: bool = False) -> CalibrationSet:
+def calibration_set(
+    source: str | Path | None,
+    spec: PreprocessSpec,
+    samples: int | None = None,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+) -> CalibrationSet:
     """Resolve ``--calib`` (None/'builtin', 'random', a folder or a .npy file) into tensors."""
     source = "builtin" if source in (None, "") else source
     wanted = samples or DEFAULT_SAMPLES
@@ -213,7 +243,9 @@ def _take(items: Any, samples: int | None, seed: int, where: str) -> Any:
     if samples is None:
         return items
     if samples > len(items):
-        raise DataError(f"{where} has {len(items)} calibration samples, {samples} were asked for",
-                        f"add images or pass --calib-samples {len(items)}")
+        raise DataError(
+            f"{where} has {len(items)} calibration samples, {samples} were asked for",
+            f"add images or pass --calib-samples {len(items)}",
+        )
     index = np.sort(np.random.default_rng(seed).choice(len(items), samples, replace=False))
     return items[index] if isinstance(items, np.ndarray) else [items[i] for i in index]

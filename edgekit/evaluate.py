@@ -29,8 +29,13 @@ WORST = 5
 DEFAULT_LAYOUT = {"torch": "NCHW", "onnx": "NCHW", "tflite": "NHWC"}
 
 
-def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: int | None = None,
-             target: str = "local", threads: int = 1) -> dict[str, Any]:
+def evaluate(
+    artifact_dir: str | Path,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    target: str = "local",
+    threads: int = 1,
+) -> dict[str, Any]:
     """Run every artifact on the same images; per-format accuracy and agreement with PyTorch float."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, got {limit}", "pass e.g. --limit 100")
@@ -50,16 +55,22 @@ def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: in
     if remote is not None:
         measured_by["torch"]["note"] = f"run locally as the reference; not on {target}"
     reference = outputs["torch"]
-    rows = [{"format": fmt, **measured_by[fmt], **figures(reference, out, labels, names)}
-            for fmt, out in outputs.items()]
+    rows = [
+        {"format": fmt, **measured_by[fmt], **figures(reference, out, labels, names)}
+        for fmt, out in outputs.items()
+    ]
     if labels is not None:
         for row in rows:
             row["drop_top1"] = round(rows[0]["top1"] - row["top1"], 2)
     result = {
         "formats": rows,
         "measured": {
-            "images": len(images), "data": data_desc, "labelled": labels is not None, "threads": threads,
-            "target": target, "emulated": bool(remote is not None and remote.emulated),
+            "images": len(images),
+            "data": data_desc,
+            "labelled": labels is not None,
+            "threads": threads,
+            "target": target,
+            "emulated": bool(remote is not None and remote.emulated),
             "reference": "torch (model.pt2, float32, local)",
             "preprocess": spec.to_dict(),
         },
@@ -68,8 +79,9 @@ def evaluate(artifact_dir: str | Path, data: str | Path | None = None, limit: in
     return result
 
 
-def load_eval_images(spec: PreprocessSpec, data: str | Path | None,
-                     limit: int | None) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
+def load_eval_images(
+    spec: PreprocessSpec, data: str | Path | None, limit: int | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """NCHW batch, labels (None when unknown), image names, and a description of the data."""
     from calibration import sources
 
@@ -90,8 +102,9 @@ def load_eval_images(spec: PreprocessSpec, data: str | Path | None,
     return batch, labels, names, str(data)
 
 
-def run_format(folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray,
-               threads: int) -> tuple[np.ndarray, dict[str, Any]]:
+def run_format(
+    folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray, threads: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits of one artifact in its default engine, and how they were obtained."""
     from runtimes import get_runtime, runtime_for_file
 
@@ -101,8 +114,12 @@ def run_format(folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndar
     layout = manifest["files"][fmt].get("layout") or DEFAULT_LAYOUT[fmt.split("-")[0]]
     logits = session.run(to_layout(images, layout))
     info = session.describe()
-    how = {"runtime": info.get("runtime"), "version": info.get("version"),
-           "accelerator": info.get("delegate") or info.get("provider"), "layout": layout}
+    how = {
+        "runtime": info.get("runtime"),
+        "version": info.get("version"),
+        "accelerator": info.get("delegate") or info.get("provider"),
+        "layout": layout,
+    }
     return logits, how
 
 
@@ -114,8 +131,9 @@ def _remote(spec: str) -> Any:
     return target
 
 
-def run_on_target(target: Any, folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray,
-                  threads: int) -> tuple[np.ndarray, dict[str, Any]]:
+def run_on_target(
+    target: Any, folder: Path, manifest: dict[str, Any], fmt: str, images: np.ndarray, threads: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Logits of one artifact on a remote/emulated target: one runner call with every image."""
     from runtimes import runtime_for_file
 
@@ -123,16 +141,23 @@ def run_on_target(target: Any, folder: Path, manifest: dict[str, Any], fmt: str,
     engine = runtime_for_file(path)
     layout = manifest["files"][fmt].get("layout") or DEFAULT_LAYOUT[fmt.split("-")[0]]
     result = target.run(path, engine, threads=threads, warmup=0, runs=1, inputs=to_layout(images, layout))
-    how = {"runtime": engine, "version": result.get("engine_version"),
-           "accelerator": "XNNPACK" if result.get("xnnpack") else None, "layout": layout,
-           "target": target.name, "machine": result.get("machine"), "emulated": target.emulated}
+    how = {
+        "runtime": engine,
+        "version": result.get("engine_version"),
+        "accelerator": "XNNPACK" if result.get("xnnpack") else None,
+        "layout": layout,
+        "target": target.name,
+        "machine": result.get("machine"),
+        "emulated": target.emulated,
+    }
     if result.get("note"):
         how["note"] = result["note"]
     return np.asarray(result["outputs"], dtype=np.float32).reshape(len(images), -1), how
 
 
-def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None,
-            names: list[str]) -> dict[str, Any]:
+def figures(
+    reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None, names: list[str]
+) -> dict[str, Any]:
     """Agreement, top-5 overlap, cosine, SQNR vs the reference; top-1/5 with labels; worst images."""
     ref = reference.astype(np.float64)
     out = output.astype(np.float64)
@@ -151,4 +176,3 @@ def figures(reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None
         row["top1"] = round(100 * float(np.mean(top5[:, 0] == labels)), 2)
         row["top5"] = round(100 * float(np.mean((top5 == labels[:, None]).any(1))), 2)
     return row
-

@@ -42,7 +42,7 @@ def sha256(path: str | os.PathLike[str]) -> str:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -92,7 +92,9 @@ def staged_dir(out_dir: str | os.PathLike[str], keep_existing: bool = False) -> 
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
         os.chmod(stage, 0o777 & ~_umask())
     except OSError as exc:
-        raise ArtifactError(f"cannot write to {out.parent}: {exc.strerror}", "choose a writable --out folder") from exc
+        raise ArtifactError(
+            f"cannot write to {out.parent}: {exc.strerror}", "choose a writable --out folder"
+        ) from exc
     try:
         if keep_existing and out.is_dir():
             shutil.copytree(out, stage, dirs_exist_ok=True)
@@ -127,11 +129,15 @@ def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> 
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{folder} has no {MANIFEST}", "create the folder with `edgekit export NAME --out DIR`")
+        raise ArtifactError(
+            f"{folder} has no {MANIFEST}", "create the folder with `edgekit export NAME --out DIR`"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})", "re-run `edgekit export` to rebuild it") from exc
+        raise ArtifactError(
+            f"{path} is not valid JSON ({exc})", "re-run `edgekit export` to rebuild it"
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA or "files" not in manifest:
         raise ArtifactError(f"{path} is not an edgekit manifest (schema {SCHEMA})", "re-run `edgekit export`")
     if check_hashes:
@@ -140,8 +146,10 @@ def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> 
             if not file.is_file():
                 raise ArtifactError(f"{fmt}: {file} is missing", "re-run `edgekit export` for this folder")
             if sha256(file) != entry["sha256"]:
-                raise ArtifactError(f"{fmt}: {file} does not match its sha256 in the manifest (corrupt or edited)",
-                                    "re-run `edgekit export` for this folder")
+                raise ArtifactError(
+                    f"{fmt}: {file} does not match its sha256 in the manifest (corrupt or edited)",
+                    "re-run `edgekit export` for this folder",
+                )
     return manifest
 
 
@@ -155,8 +163,9 @@ def model_path(folder: str | os.PathLike[str], manifest: dict[str, Any], fmt: st
         return Path(folder) / manifest["files"][fmt]["path"]
     except KeyError as exc:
         have = ", ".join(manifest["files"]) or "none"
-        raise ArtifactError(f"{folder} has no {fmt} artifact (it has: {have})",
-                            "export it, e.g. `edgekit export NAME --int8`") from exc
+        raise ArtifactError(
+            f"{folder} has no {fmt} artifact (it has: {have})", "export it, e.g. `edgekit export NAME --int8`"
+        ) from exc
 
 
 def record_result(folder: str | os.PathLike[str], key: str, result: Any) -> None:

@@ -30,8 +30,16 @@ if TYPE_CHECKING:
     from torch import nn
 
 MIN_RESOLUTION, MAX_RESOLUTION, STRIDE = 32, 1024, 32
-QUANT_OPTIONS = ("calib", "calib_samples", "calib_method", "per_tensor", "symmetric_activations",
-                 "skip_bad_images", "equalize", "bias_correct")
+QUANT_OPTIONS = (
+    "calib",
+    "calib_samples",
+    "calib_method",
+    "per_tensor",
+    "symmetric_activations",
+    "skip_bad_images",
+    "equalize",
+    "bias_correct",
+)
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
 IMAGENET = PreprocessSpec()
 
@@ -69,8 +77,9 @@ def export(
     _check_args(name, resolution)
     with _Steps(len(chosen) + 3 + int8) as steps:
         with steps.step(f"build {name}"):
-            built = build(name, width=width, resolution=resolution, groups=groups, pretrained=pretrained,
-                          seed=seed)
+            built = build(
+                name, width=width, resolution=resolution, groups=groups, pretrained=pretrained, seed=seed
+            )
         out = Path(out_dir) if out_dir else Path("artifacts") / built.name
         with staged_dir(out) as stage:
             manifest = _new_manifest(built, dynamic_batch, argv)
@@ -111,8 +120,10 @@ def build(
     torch.manual_seed(seed)  # random-init weights must be the same on every run
     if _is_file_spec(name):
         if width is not None or groups is not None or pretrained:
-            raise UsageError("--width, --groups and --pretrained apply to zoo models only",
-                             "set them inside your factory function")
+            raise UsageError(
+                "--width, --groups and --pretrained apply to zoo models only",
+                "set them inside your factory function",
+            )
         built = _build_file(name, resolution)
     else:
         built = _build_zoo(name, width, resolution, groups, pretrained)
@@ -122,8 +133,9 @@ def build(
     return built
 
 
-def _build_zoo(name: str, width: float | None, resolution: int | None, groups: int | None,
-               pretrained: bool) -> Built:
+def _build_zoo(
+    name: str, width: float | None, resolution: int | None, groups: int | None, pretrained: bool
+) -> Built:
     from edgekit.zoo import create_model, get_entry
 
     entry = get_entry(name)
@@ -131,8 +143,12 @@ def _build_zoo(name: str, width: float | None, resolution: int | None, groups: i
     if resolution != entry.resolution:
         check_resolution(resolution)
     model = create_model(entry.name, width=width, pretrained=pretrained, groups=groups)
-    spec = PreprocessSpec(resolution=resolution, resize=round(resolution / entry.crop_pct),
-                          mean=tuple(entry.mean), std=tuple(entry.std))
+    spec = PreprocessSpec(
+        resolution=resolution,
+        resize=round(resolution / entry.crop_pct),
+        mean=tuple(entry.mean),
+        std=tuple(entry.std),
+    )
     args = {"width": width or 1.0, "resolution": resolution, "groups": groups, "pretrained": pretrained}
     info = {"name": entry.name, "source": "zoo", "family": entry.family, "paper": entry.paper, "args": args}
     if not pretrained:
@@ -208,12 +224,14 @@ def _build_file(spec_str: str, resolution: int | None) -> Built:
     module_spec.loader.exec_module(module)
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        raise UsageError(f"{path} has no function {factory_name!r}",
-                         "name a function that returns an nn.Module")
+        raise UsageError(
+            f"{path} has no function {factory_name!r}", "name a function that returns an nn.Module"
+        )
     model = factory()
     if not isinstance(model, nn.Module):
-        raise UsageError(f"{spec_str} returned {type(model).__name__}, not an nn.Module",
-                         "return the network itself")
+        raise UsageError(
+            f"{spec_str} returned {type(model).__name__}, not an nn.Module", "return the network itself"
+        )
     resolution = resolution or getattr(model, "resolution", None)
     if resolution is None:
         raise UsageError(f"{spec_str}: input resolution unknown", "pass --resolution or set model.resolution")
@@ -221,17 +239,22 @@ def _build_file(spec_str: str, resolution: int | None) -> Built:
     resolution = int(resolution)
     mean, std = tuple(getattr(model, "mean", IMAGENET.mean)), tuple(getattr(model, "std", IMAGENET.std))
     spec = PreprocessSpec(resolution=resolution, resize=round(resolution / 0.875), mean=mean, std=std)
-    info = {"name": f"{path.stem}:{factory_name}", "source": "file", "path": str(path.resolve()),
-            "args": {"width": None, "resolution": resolution, "groups": None, "pretrained": False}}
+    info = {
+        "name": f"{path.stem}:{factory_name}",
+        "source": "file",
+        "path": str(path.resolve()),
+        "args": {"width": None, "resolution": resolution, "groups": None, "pretrained": False},
+    }
     return Built(path.stem, model.eval(), spec, info)
 
 
 def check_resolution(resolution: int) -> None:
     """The zoo's networks downsample by 32: other sizes break concatenations or lose pixels."""
     if not (MIN_RESOLUTION <= resolution <= MAX_RESOLUTION and resolution % STRIDE == 0):
-        raise UsageError(f"resolution {resolution} is not supported",
-                         f"use a multiple of {STRIDE} from {MIN_RESOLUTION} to {MAX_RESOLUTION}, "
-                         "e.g. 96, 160 or 224")
+        raise UsageError(
+            f"resolution {resolution} is not supported",
+            f"use a multiple of {STRIDE} from {MIN_RESOLUTION} to {MAX_RESOLUTION}, e.g. 96, 160 or 224",
+        )
 
 
 def _counts(model: nn.Module, resolution: int) -> dict[str, Any]:
@@ -244,8 +267,10 @@ def _counts(model: nn.Module, resolution: int) -> dict[str, Any]:
         with counter, torch.inference_mode():
             logits = model(torch.zeros(1, 3, resolution, resolution))
     except RuntimeError as exc:
-        raise UsageError(f"the network fails at {resolution}x{resolution}: {str(exc).splitlines()[0]}",
-                         "choose another --resolution") from exc
+        raise UsageError(
+            f"the network fails at {resolution}x{resolution}: {str(exc).splitlines()[0]}",
+            "choose another --resolution",
+        ) from exc
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "macs": counter.get_total_flops() // 2,
@@ -306,14 +331,21 @@ def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: 
     batch = "batch" if dynamic_batch else 1
     input_name = program.graph_signature.user_inputs[0]
     classes = check.references["random"].shape[1]
-    return file_entry(folder, "model.pt2", format="torch", precision="fp32", layout="NCHW",
-                      inputs=[{"name": input_name, "shape": [batch, *example.shape[1:]], "dtype": "float32"}],
-                      outputs=[{"name": "logits", "shape": [batch, classes], "dtype": "float32"}],
-                      verification=result)
+    return file_entry(
+        folder,
+        "model.pt2",
+        format="torch",
+        precision="fp32",
+        layout="NCHW",
+        inputs=[{"name": input_name, "shape": [batch, *example.shape[1:]], "dtype": "float32"}],
+        outputs=[{"name": "logits", "shape": [batch, classes], "dtype": "float32"}],
+        verification=result,
+    )
 
 
-def _export_one(exporter: Any, stage: Path, manifest: dict[str, Any], built: Built, check: _Checker,
-                dynamic_batch: bool) -> dict[str, Any]:
+def _export_one(
+    exporter: Any, stage: Path, manifest: dict[str, Any], built: Built, check: _Checker, dynamic_batch: bool
+) -> dict[str, Any]:
     """Write one format, record its I/O and ops, verify it; a failed gate raises."""
     import exporters
 
@@ -327,8 +359,15 @@ def _export_one(exporter: Any, stage: Path, manifest: dict[str, Any], built: Bui
     info = exporters.export(exporter.fmt, built.model, example, path, **options)
     result = check.verify(path, exporter.fmt, exporter.precision, exporter.layout)
     check_gate(exporter.fmt, result)
-    return file_entry(stage, exporter.filename, format=exporter.fmt, precision=exporter.precision,
-                      layout=exporter.layout, **info, verification=result)
+    return file_entry(
+        stage,
+        exporter.filename,
+        format=exporter.fmt,
+        precision=exporter.precision,
+        layout=exporter.layout,
+        **info,
+        verification=result,
+    )
 
 
 def _new_manifest(built: Built, dynamic_batch: bool, argv: list[str] | None) -> dict[str, Any]:
@@ -383,8 +422,11 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
             f"{entry.get('layout', '')} | {_fmt(rnd.get('max_rel_err'))} / {_fmt(img.get('max_rel_err'))} | "
             f"{'—' if cos is None else f'{cos:.6f}'} | {'—' if agree is None else f'{agree:.0%}'} |"
         )
-    lines += ["", f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. "
-              f"Gates: {_gates(manifest)}.", ""]
+    lines += [
+        "",
+        f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {_gates(manifest)}.",
+        "",
+    ]
     lines += _ops_section(manifest)
     return write_text(folder / "report.md", "\n".join(lines) + "\n")
 
@@ -399,12 +441,16 @@ def _ops_section(manifest: dict[str, Any]) -> list[str]:
         xnn = entry.get("xnnpack")
         if xnn:
             if xnn["fully_delegated"]:
-                lines.append(f"  - XNNPACK takes every op ({xnn['delegated_ops']}/{xnn['ops']}, "
-                             f"{xnn['partitions']} partition)")
+                lines.append(
+                    f"  - XNNPACK takes every op ({xnn['delegated_ops']}/{xnn['ops']}, "
+                    f"{xnn['partitions']} partition)"
+                )
             else:
                 left = ", ".join(f"{op} x{n}" for op, n in xnn["not_delegated"].items())
-                lines.append(f"  - XNNPACK takes {xnn['delegated_ops']}/{xnn['ops']} ops in "
-                             f"{xnn['partitions']} partitions; off the fast path: {left}")
+                lines.append(
+                    f"  - XNNPACK takes {xnn['delegated_ops']}/{xnn['ops']} ops in "
+                    f"{xnn['partitions']} partitions; off the fast path: {left}"
+                )
     return [*lines, ""]
 
 

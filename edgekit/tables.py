@@ -11,7 +11,9 @@ from rich.table import Table
 console = Console()
 
 
-def render(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None) -> None:
+def render(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None
+) -> None:
     """Print one table; numbers right-aligned, ``None`` as an em dash."""
     table = Table(title=title, caption=caption, caption_justify="left")
     rows = [list(r) for r in rows]
@@ -29,8 +31,13 @@ def print_models(rows: list[dict[str, Any]]) -> None:
         "edgekit model zoo",
         ["model", "params (M)", "MACs (M)", "res", "pretrained"],
         [
-            [r["name"], round(r["params"] / 1e6, 3), round(r["macs"] / 1e6, 1), r["resolution"],
-             "yes" if r["pretrained"] else "no"]
+            [
+                r["name"],
+                round(r["params"] / 1e6, 3),
+                round(r["macs"] / 1e6, 1),
+                r["resolution"],
+                "yes" if r["pretrained"] else "no",
+            ]
             for r in rows
         ],
         caption="Counted, not measured: MACs = conv + linear multiply-accumulates at batch 1, bias excluded "
@@ -62,8 +69,10 @@ def print_info(result: dict[str, Any]) -> None:
     render(
         "by kind",
         ["kind", "layers", "params", "MACs", "MAC share", "memory access"],
-        [[kind, k["layers"], k["params"], k["macs"], f"{k['share']:.1%}", k["memory_access"]]
-         for kind, k in result["by_kind"].items()],
+        [
+            [kind, k["layers"], k["params"], k["macs"], f"{k['share']:.1%}", k["memory_access"]]
+            for kind, k in result["by_kind"].items()
+        ],
     )
 
 
@@ -78,50 +87,97 @@ def print_export(manifest: dict[str, Any]) -> None:
         cosine = min((ver[k]["cosine_min"] for k in ("random", "images") if k in ver), default=None)
         agree = ver.get("images", {}).get("top1_agreement")
         xnn = entry.get("xnnpack")
-        xnn_text = None if not xnn else "all ops" if xnn["fully_delegated"] else \
-            f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
-        rows.append([fmt, f"{entry['size'] / 1e6:.2f} MB", entry.get("layout"),
-                     None if worst is None else f"{worst:.1e}", None if cosine is None else f"{cosine:.6f}",
-                     None if agree is None else f"{agree:.0%}", xnn_text])
+        xnn_text = (
+            None
+            if not xnn
+            else "all ops"
+            if xnn["fully_delegated"]
+            else f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
+        )
+        rows.append(
+            [
+                fmt,
+                f"{entry['size'] / 1e6:.2f} MB",
+                entry.get("layout"),
+                None if worst is None else f"{worst:.1e}",
+                None if cosine is None else f"{cosine:.6f}",
+                None if agree is None else f"{agree:.0%}",
+                xnn_text,
+            ]
+        )
     model = manifest["model"]
     render(
         f"{model['name']} -> {manifest.get('folder', '')}",
         ["format", "size", "layout", "max rel err", "cosine min", "top-1 agree", "XNNPACK"],
         rows,
         caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
-                f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|.",
+        f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|.",
     )
 
 
 def print_eval(result: dict[str, Any]) -> None:
     measured = result["measured"]
     labelled = measured["labelled"]
-    columns = ["format", "runtime", *(["top-1 %", "top-5 %", "drop"] if labelled else []),
-               "agree top-1 %", "top-5 overlap %", "cosine", "SQNR dB", "worst image"]
-    rows = [[r["format"], r["runtime"], *([r["top1"], r["top5"], r["drop_top1"]] if labelled else []),
-             r["agreement_top1"], r["top5_overlap"], r["cosine"], r["sqnr_db"],
-             r["worst"][0]["image"] if r["worst"] else None] for r in result["formats"]]
-    caption = (f"{measured['images']} images from {measured['data']}; {measured['threads']} thread(s), "
-               f"target {measured['target']}; agreement/cosine/SQNR vs {measured['reference']}")
+    columns = [
+        "format",
+        "runtime",
+        *(["top-1 %", "top-5 %", "drop"] if labelled else []),
+        "agree top-1 %",
+        "top-5 overlap %",
+        "cosine",
+        "SQNR dB",
+        "worst image",
+    ]
+    rows = [
+        [
+            r["format"],
+            r["runtime"],
+            *([r["top1"], r["top5"], r["drop_top1"]] if labelled else []),
+            r["agreement_top1"],
+            r["top5_overlap"],
+            r["cosine"],
+            r["sqnr_db"],
+            r["worst"][0]["image"] if r["worst"] else None,
+        ]
+        for r in result["formats"]
+    ]
+    caption = (
+        f"{measured['images']} images from {measured['data']}; {measured['threads']} thread(s), "
+        f"target {measured['target']}; agreement/cosine/SQNR vs {measured['reference']}"
+    )
     render("Accuracy vs PyTorch float", columns, rows, caption)
 
 
 def print_bench(result: dict[str, Any]) -> None:
     """Latency table (ms), then one line per skipped runtime and per op off the fast path."""
     cols = ["format", "runtime", "thr", "p50", "p90", "p99", "CV", "runs", "RSS MB", "eff."]
-    rows = [[r["format"], r["runtime"], r["threads"], *(_ms(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms")),
-             f"{r['cv']:.0%}" + ("!" if r["unstable"] else ""), r["runs"], r.get("rss_delta_mb"),
-             None if r.get("efficiency") is None else f"{r['efficiency']:.0%}"] for r in result["results"]]
+    rows = [
+        [
+            r["format"],
+            r["runtime"],
+            r["threads"],
+            *(_ms(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms")),
+            f"{r['cv']:.0%}" + ("!" if r["unstable"] else ""),
+            r["runs"],
+            r.get("rss_delta_mb"),
+            None if r.get("efficiency") is None else f"{r['efficiency']:.0%}",
+        ]
+        for r in result["results"]
+    ]
     m = result["machine"]
-    caption = (f"ms per inference, batch 1, target {result.get('target', 'local')} ({m['cpu']}, "
-               f"{m['cores']} cores); ! = CV > 10% (unstable); eff. = MAC/s over this host's GEMM peak")
+    caption = (
+        f"ms per inference, batch 1, target {result.get('target', 'local')} ({m['cpu']}, "
+        f"{m['cores']} cores); ! = CV > 10% (unstable); eff. = MAC/s over this host's GEMM peak"
+    )
     render("edgekit bench", cols, rows, caption)
     for skip in result["skipped"]:
         console.print(f"skipped {skip['runtime']} ({skip['format'] or 'any format'}): {skip['reason']}")
     for r in result["results"]:
         for slow in (r.get("profile") or {}).get("slow_path", []):
-            console.print(f"{r['format']}/{r['runtime']}: off the fast path: {slow['op']} x{slow['count']} "
-                          f"({slow['why']})")
+            console.print(
+                f"{r['format']}/{r['runtime']}: off the fast path: {slow['op']} x{slow['count']} "
+                f"({slow['why']})"
+            )
 
 
 def _ms(value: float) -> float:
@@ -133,8 +189,16 @@ def print_estimate(result: dict[str, Any]) -> None:
     dev = result["device_profile"]
     published = result["published"]
     rows = [
-        [layer["name"], layer["kind"], layer["macs"], layer["bytes"], f"{layer['compute_ms']:.3f}",
-         f"{layer['memory_ms']:.3f}", f"{layer['ms']:.3f}", layer["bound"]]
+        [
+            layer["name"],
+            layer["kind"],
+            layer["macs"],
+            layer["bytes"],
+            f"{layer['compute_ms']:.3f}",
+            f"{layer['memory_ms']:.3f}",
+            f"{layer['ms']:.3f}",
+            layer["bound"],
+        ]
         for layer in result["layers"]
         if layer["bound"] != "fused"
     ]
@@ -169,19 +233,50 @@ def print_analysis(result: dict[str, Any]) -> None:
         f"ANALYZE: {result['model']}, {bits}-bit weights, layers that break ({len(flagged)} of "
         f"{len(result['layers'])})",
         ["layer", "kind", "spread", "<1% ch", "W SQNR tensor", "W SQNR channel", "out SQNR tensor", "reason"],
-        [[layer["name"], layer["kind"], _spread(layer["range_spread"]), layer["channels_below_1pct"],
-          _db(layer["weight_sqnr_per_tensor"]), _db(layer["weight_sqnr_per_channel"]),
-          _db(layer.get("output_sqnr_per_tensor")), layer["flag"]] for layer in flagged],
+        [
+            [
+                layer["name"],
+                layer["kind"],
+                _spread(layer["range_spread"]),
+                layer["channels_below_1pct"],
+                _db(layer["weight_sqnr_per_tensor"]),
+                _db(layer["weight_sqnr_per_channel"]),
+                _db(layer.get("output_sqnr_per_tensor")),
+                layer["flag"],
+            ]
+            for layer in flagged
+        ],
         caption=result["method"],
     )
     render(
         "by kind (medians, dB)",
-        ["kind", "layers", "W tensor", "W channel", "gain", "spread median", "spread max", "out tensor",
-         "out channel", "flagged"],
-        [[kind, s["layers"], _db(s["weight_sqnr_per_tensor"]), _db(s["weight_sqnr_per_channel"]),
-          _db(s["per_channel_gain"]), _db(s["range_spread_median"]), _db(s["range_spread_max"]),
-          _db(s["output_sqnr_per_tensor"]), _db(s["output_sqnr_per_channel"]), s["flagged"]]
-         for kind, s in result["by_kind"].items()],
+        [
+            "kind",
+            "layers",
+            "W tensor",
+            "W channel",
+            "gain",
+            "spread median",
+            "spread max",
+            "out tensor",
+            "out channel",
+            "flagged",
+        ],
+        [
+            [
+                kind,
+                s["layers"],
+                _db(s["weight_sqnr_per_tensor"]),
+                _db(s["weight_sqnr_per_channel"]),
+                _db(s["per_channel_gain"]),
+                _db(s["range_spread_median"]),
+                _db(s["range_spread_max"]),
+                _db(s["output_sqnr_per_tensor"]),
+                _db(s["output_sqnr_per_channel"]),
+                s["flagged"],
+            ]
+            for kind, s in result["by_kind"].items()
+        ],
         caption=f"out = logits SQNR with only that layer quantised, on {result['sensitivity_images']} images "
         f"of {result['images']}",
     )
@@ -189,7 +284,16 @@ def print_analysis(result: dict[str, Any]) -> None:
         render(
             "end to end (real int8 files)",
             ["config", "runtime", "top-1 %", "top-5 %", "agree top-1 %", "note"],
-            [[r["config"], r["runtime"], _db(r["top1"]), _db(r["top5"]), _db(r["agreement_top1"]),
-              r.get("error")] for r in result["end_to_end"]],
+            [
+                [
+                    r["config"],
+                    r["runtime"],
+                    _db(r["top1"]),
+                    _db(r["top5"]),
+                    _db(r["agreement_top1"]),
+                    r.get("error"),
+                ]
+                for r in result["end_to_end"]
+            ],
             caption=result.get("end_to_end_method"),
         )

@@ -33,8 +33,10 @@ GATES: dict[str, dict[str, float]] = {
 N_RANDOM = 4
 N_IMAGES = 4
 ENGINES = {"onnx": "ONNX Runtime CPU", "tflite": "LiteRT + XNNPACK", "torch": "torch.export"}
-METHOD = (f"each file in its own engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
-          f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits")
+METHOD = (
+    f"each file in its own engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
+    f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits"
+)
 
 
 def sample_images(spec: PreprocessSpec, n: int) -> np.ndarray:
@@ -124,7 +126,7 @@ def _run_onnx(path: str | Path, data: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     if isinstance(session.get_inputs()[0].shape[0], int):  # static batch: one sample at a time
-        return np.concatenate([session.run(None, {name: data[i:i + 1]})[0] for i in range(len(data))])
+        return np.concatenate([session.run(None, {name: data[i : i + 1]})[0] for i in range(len(data))])
     return session.run(None, {name: data})[0]
 
 
@@ -163,7 +165,7 @@ def _run_program(path: str | Path, data: np.ndarray) -> np.ndarray:
 
     module = torch.export.load(str(path)).module()
     with torch.inference_mode():  # one sample at a time: a static program is specialised to batch 1
-        return np.concatenate([module(torch.from_numpy(data[i:i + 1])).numpy() for i in range(len(data))])
+        return np.concatenate([module(torch.from_numpy(data[i : i + 1])).numpy() for i in range(len(data))])
 
 
 def verify_file(
@@ -175,8 +177,9 @@ def verify_file(
     references: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``)."""
-    figures = {kind: compare(references[kind], run_file(path, fmt, layout, batch))
-               for kind, batch in inputs.items()}
+    figures = {
+        kind: compare(references[kind], run_file(path, fmt, layout, batch)) for kind, batch in inputs.items()
+    }
     gate = GATES.get(precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]
     engine = ENGINES[fmt.split("-")[0]]
@@ -186,7 +189,7 @@ def verify_file(
         "passed": not failures,
         "failures": failures,
         "measured": f"{engine}, 1 thread, {layout} input; {len(inputs.get('random', []))} seeded N(0,1) "
-                    f"tensors + {len(inputs.get('images', []))} built-in photos vs PyTorch float32",
+        f"tensors + {len(inputs.get('images', []))} built-in photos vs PyTorch float32",
     }
 
 

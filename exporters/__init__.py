@@ -41,8 +41,9 @@ EXPORTERS: dict[str, Exporter] = {
     for e in (
         Exporter("onnx-fp32", "onnx", "model.onnx", "fp32", "NCHW", "exporters.onnx:export"),
         Exporter("tflite-fp32", "tflite", "model_fp32.tflite", "fp32", "NHWC", "exporters.tflite:export"),
-        Exporter("tflite-fp16", "tflite", "model_fp16.tflite", "fp16", "NHWC",
-                 "exporters.tflite:export_fp16"),
+        Exporter(
+            "tflite-fp16", "tflite", "model_fp16.tflite", "fp16", "NHWC", "exporters.tflite:export_fp16"
+        ),
     )
 }
 FAMILIES = tuple(dict.fromkeys(e.family for e in EXPORTERS.values()))
@@ -57,8 +58,9 @@ def resolve(formats: list[str] | None) -> list[Exporter]:
     return [e for e in EXPORTERS.values() if e.family in wanted or e.fmt in wanted]
 
 
-def export(fmt: str, module: Any, example_input: Any, out_path: str | os.PathLike[str],
-           **options: Any) -> dict[str, Any]:
+def export(
+    fmt: str, module: Any, example_input: Any, out_path: str | os.PathLike[str], **options: Any
+) -> dict[str, Any]:
     """Write ``module`` as format ``fmt`` to ``out_path``; returns the exporter's info."""
     return EXPORTERS[fmt].load()(module, example_input, Path(out_path), **options)
 

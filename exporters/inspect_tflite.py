@@ -41,8 +41,11 @@ def _interpreter(path: str | Path, delegates: bool) -> Any:
 
 
 def _tensor(detail: dict[str, Any]) -> dict[str, Any]:
-    info = {"name": detail["name"], "shape": [int(d) for d in detail["shape_signature"]],
-            "dtype": detail["dtype"].__name__}
+    info = {
+        "name": detail["name"],
+        "shape": [int(d) for d in detail["shape_signature"]],
+        "dtype": detail["dtype"].__name__,
+    }
     scale, zero_point = detail["quantization"]
     if scale:  # quantised I/O: real = scale * (q - zero_point)
         info.update(scale=float(scale), zero_point=int(zero_point))

@@ -102,8 +102,10 @@ def _simplify_and_check(proto: Any) -> Any:
         return onnx.shape_inference.infer_shapes(slim, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
-        raise ExportError(f"onnx: the exported graph fails onnx's checker: {first}",
-                          "report it with the `--debug` output; use --formats tflite meanwhile") from exc
+        raise ExportError(
+            f"onnx: the exported graph fails onnx's checker: {first}",
+            "report it with the `--debug` output; use --formats tflite meanwhile",
+        ) from exc
 
 
 def op_histogram(proto: Any) -> dict[str, int]:

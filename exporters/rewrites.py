@@ -127,8 +127,11 @@ def annotate_binary_ops(model: torch.fx.GraphModule, config: Any) -> int:
     for node in model.graph.nodes:
         if node.target not in targets or "quantization_annotation" in node.meta or not _is_float(node):
             continue
-        inputs = {arg: config.input_activation for arg in node.args[:2]
-                  if isinstance(arg, torch.fx.Node) and _is_float(arg)}
+        inputs = {
+            arg: config.input_activation
+            for arg in node.args[:2]
+            if isinstance(arg, torch.fx.Node) and _is_float(arg)
+        }
         if any(arg.meta["val"].dim() != node.meta["val"].dim() for arg in inputs):
             continue  # a broadcast constant of lower rank (e.g. an unfolded BN's [C, 1, 1]): its
             # quantised copy would not be NHWC-compatible in litert-torch's layout pass

@@ -35,8 +35,9 @@ def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
     return {"converter": "litert-torch", **describe(out_path)}
 
 
-def export_fp16(module: Any, example_input: Any, out_path: Path, *,
-                fp32_path: Path | None = None) -> dict[str, Any]:
+def export_fp16(
+    module: Any, example_input: Any, out_path: Path, *, fp32_path: Path | None = None
+) -> dict[str, Any]:
     """fp16 weights, float32 I/O; casts ``fp32_path`` when given, else converts ``module`` first."""
     if fp32_path is None:
         with tempfile.TemporaryDirectory() as tmp:

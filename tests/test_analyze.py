@@ -21,10 +21,15 @@ def _constructed() -> nn.Module:
     """standard 3x3 -> depthwise 3x3 with channel ranges spread 316x -> pointwise 1x1 -> linear."""
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
-        nn.Conv2d(16, 32, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     ).eval()
     scales = torch.logspace(0, -2.5, 16)
     with torch.no_grad():
@@ -69,17 +74,37 @@ def test_analyze_cli_end_to_end_small() -> None:
     from edgekit.cli import cli
 
     start = time.monotonic()
-    result = CliRunner().invoke(cli, [
-        "analyze", "mobilenet_v2", "--resolution", "32", "--limit", "8", "--runtime", "onnxruntime",
-        "--configs", "float,int8-per-tensor-cle", "--json",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "analyze",
+            "mobilenet_v2",
+            "--resolution",
+            "32",
+            "--limit",
+            "8",
+            "--runtime",
+            "onnxruntime",
+            "--configs",
+            "float,int8-per-tensor-cle",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert set(out) >= {"layers", "by_kind", "end_to_end"}
     assert len(out["layers"]) == 53  # 52 convolutions + the classifier
     assert out["by_kind"]["depthwise"]["layers"] == 17
-    assert {"name", "kind", "range_spread", "weight_sqnr_per_tensor", "weight_sqnr_per_channel",
-            "output_sqnr_per_tensor", "output_sqnr_per_channel", "flag"} <= set(out["layers"][0])
+    assert {
+        "name",
+        "kind",
+        "range_spread",
+        "weight_sqnr_per_tensor",
+        "weight_sqnr_per_channel",
+        "output_sqnr_per_tensor",
+        "output_sqnr_per_channel",
+        "flag",
+    } <= set(out["layers"][0])
     rows = {(r["config"], r["runtime"]): r for r in out["end_to_end"]}
     assert set(rows) == {("float", "torch"), ("float", "onnxruntime"), ("int8-per-tensor-cle", "onnxruntime")}
     for row in rows.values():
@@ -92,6 +117,7 @@ def test_analyze_cli_end_to_end_small() -> None:
 def test_analyze_rejects_unknown_config() -> None:
     from edgekit.cli import cli
 
-    result = CliRunner().invoke(cli, ["analyze", "mobilenet_v2", "--resolution", "32", "--limit", "2",
-                                      "--configs", "int9"])
+    result = CliRunner().invoke(
+        cli, ["analyze", "mobilenet_v2", "--resolution", "32", "--limit", "2", "--configs", "int9"]
+    )
     assert result.exit_code != 0

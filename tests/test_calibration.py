@@ -173,12 +173,15 @@ def test_streaming_histogram_matches_one_shot_histogram():
     assert streaming.select("mse") == pytest.approx(one_shot, rel=0.02)
 
 
-@pytest.mark.parametrize("values", [
-    np.full(64, 3e-11, np.float32),                           # constant: zero spread
-    np.float32([3e-11, 3.0000002e-11, 2.9999998e-11] * 20),   # a few ulps: "too many bins" before
-    np.float32([-1e-11, 2e-11, 1e-9, 0.0]),
-    np.zeros(8, np.float32),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.full(64, 3e-11, np.float32),  # constant: zero spread
+        np.float32([3e-11, 3.0000002e-11, 2.9999998e-11] * 20),  # a few ulps: "too many bins" before
+        np.float32([-1e-11, 2e-11, 1e-9, 0.0]),
+        np.zeros(8, np.float32),
+    ],
+)
 def test_degenerate_ranges_do_not_crash(values):
     """Randomly initialised networks have activations ~1e-8..1e-11: histograms must still work."""
     hist = StreamingHistogram()

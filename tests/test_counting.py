@@ -140,8 +140,15 @@ def test_mobilenet_v2_info() -> None:
 @pytest.mark.parametrize(
     ("width", "resolution", "paper_macs", "paper_params"),
     # MobileNetV1 paper, Tables 6 and 7 (million Mult-Adds, million parameters).
-    [(1.0, 224, 569, 4.2), (0.75, 224, 325, 2.6), (0.5, 224, 149, 1.3), (0.25, 224, 41, 0.5),
-     (1.0, 192, 418, 4.2), (1.0, 160, 290, 4.2), (1.0, 128, 186, 4.2)],
+    [
+        (1.0, 224, 569, 4.2),
+        (0.75, 224, 325, 2.6),
+        (0.5, 224, 149, 1.3),
+        (0.25, 224, 41, 0.5),
+        (1.0, 192, 418, 4.2),
+        (1.0, 160, 290, 4.2),
+        (1.0, 128, 186, 4.2),
+    ],
 )
 def test_mobilenet_v1_matches_paper_tables(
     width: float, resolution: int, paper_macs: int, paper_params: float

@@ -34,10 +34,16 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 def _block(act: type[nn.Module] = nn.ReLU) -> nn.Module:
     """Expand 1x1 -> depthwise 3x3 -> project 1x1, the MobileNetV2 inverted residual body."""
     return nn.Sequential(
-        nn.Conv2d(8, 32, 1, bias=False), nn.BatchNorm2d(32), act(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), act(),
-        nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16),
-        nn.Flatten(), nn.Linear(16 * 12 * 12, 10),
+        nn.Conv2d(8, 32, 1, bias=False),
+        nn.BatchNorm2d(32),
+        act(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False),
+        nn.BatchNorm2d(32),
+        act(),
+        nn.Conv2d(32, 16, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.Flatten(),
+        nn.Linear(16 * 12 * 12, 10),
     )
 
 

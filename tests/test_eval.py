@@ -37,8 +37,16 @@ def test_eval_json_keys(float_dir):
     rows = {r["format"]: r for r in data["formats"]}
     assert set(rows) == {"torch", "onnx-fp32"}
     for row in rows.values():
-        for key in ("format", "runtime", "agreement_top1", "top5_overlap", "cosine", "sqnr_db", "images",
-                    "worst"):
+        for key in (
+            "format",
+            "runtime",
+            "agreement_top1",
+            "top5_overlap",
+            "cosine",
+            "sqnr_db",
+            "images",
+            "worst",
+        ):
             assert key in row, key
         assert row["images"] == 6
     assert data["measured"]["labelled"] is False and data["measured"]["threads"] == 1

@@ -22,8 +22,12 @@ from edgekit.errors import UsageError
 from edgekit.manifest import read_manifest
 
 TINY = {"width": 0.35, "resolution": 64}
-EXPECTED_FILES = {"torch": "model.pt2", "onnx-fp32": "model.onnx", "tflite-fp32": "model_fp32.tflite",
-                  "tflite-fp16": "model_fp16.tflite"}
+EXPECTED_FILES = {
+    "torch": "model.pt2",
+    "onnx-fp32": "model.onnx",
+    "tflite-fp32": "model_fp32.tflite",
+    "tflite-fp16": "model_fp16.tflite",
+}
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -144,8 +148,9 @@ def test_dynamic_batch_runs_batch_of_three(onnx_dynamic: Path) -> None:
     assert verify.compare(reference, logits)["max_rel_err"] <= verify.GATES["fp32"]["max_rel_err"]
 
 
-def test_failed_verification_keeps_earlier_folder(onnx_dynamic: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_failed_verification_keeps_earlier_folder(
+    onnx_dynamic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     from edgekit.cli import main
 
     out = tmp_path / "good"
@@ -154,8 +159,9 @@ def test_failed_verification_keeps_earlier_folder(onnx_dynamic: Path, tmp_path: 
     source = tmp_path / "tiny_net.py"  # a tiny network re-exported over the good folder: fast
     source.write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.setitem(verify.GATES, "fp32", {"max_rel_err": 0.0, "min_cosine": 1.0})
-    monkeypatch.setattr(sys, "argv", ["edgekit", "export", f"{source}:make", "--formats", "onnx",
-                                      "--out", str(out)])
+    monkeypatch.setattr(
+        sys, "argv", ["edgekit", "export", f"{source}:make", "--formats", "onnx", "--out", str(out)]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code != 0
@@ -165,11 +171,14 @@ def test_failed_verification_keeps_earlier_folder(onnx_dynamic: Path, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "tiny_net.py"]  # no staging left
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["nosuchnet"], "unknown model 'nosuchnet'"),
-    (["mobilenet_v2", "--resolution", "50"], "resolution 50 is not supported"),
-    (["mobilenet_v2", "--formats", "coreml"], "unknown format coreml"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuchnet"], "unknown model 'nosuchnet'"),
+        (["mobilenet_v2", "--resolution", "50"], "resolution 50 is not supported"),
+        (["mobilenet_v2", "--formats", "coreml"], "unknown format coreml"),
+    ],
+)
 def test_cli_usage_errors_are_one_line(args: list[str], message: str) -> None:
     result = _run_cli("export", *args, "--out", "/nonexistent-never-written")
     assert result.returncode == 2
@@ -180,7 +189,7 @@ def test_cli_usage_errors_are_one_line(args: list[str], message: str) -> None:
 
 # --- a user's own module --------------------------------------------------------------------------
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch import nn
 
@@ -202,7 +211,7 @@ class Tiny(nn.Module):
 
 def make():
     return Tiny()
-'''
+"""
 
 
 def test_user_module_file_factory(tmp_path: Path) -> None:

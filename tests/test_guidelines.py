@@ -40,14 +40,29 @@ def test_g4_variants_have_equal_flops_but_different_memory() -> None:
 def test_rank_correlation_handles_ties() -> None:
     assert g._spearman([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
     assert g._spearman([3.0, 2.0, 1.0], [10.0, 20.0, 30.0]) == pytest.approx(-1.0)
-    assert g._spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]) != g._spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0])  # nan
+    assert g._spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]) != g._spearman(
+        [1.0, 2.0, 3.0], [5.0, 5.0, 5.0]
+    )  # nan
 
 
 def test_cli_measures_one_guideline_on_both_runtimes(tmp_path) -> None:
     plot = tmp_path / "g.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgekit", "guidelines", "--only", "G1", "--quick", "--json", "--plot", str(plot)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "edgekit",
+            "guidelines",
+            "--only",
+            "G1",
+            "--quick",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -60,7 +75,11 @@ def test_cli_measures_one_guideline_on_both_runtimes(tmp_path) -> None:
 
 
 def test_cli_rejects_unknown_guideline() -> None:
-    proc = subprocess.run([sys.executable, "-m", "edgekit", "guidelines", "--only", "G9"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgekit", "guidelines", "--only", "G9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "unknown guideline G9" in proc.stderr and "Traceback" not in proc.stderr

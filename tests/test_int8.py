@@ -21,8 +21,9 @@ def int8_dir(tmp_path_factory):
     from edgekit import pipeline
 
     out = tmp_path_factory.mktemp("int8") / "mobilenet_v2"
-    pipeline.export("mobilenet_v2", out_dir=out, resolution=RESOLUTION, int8=True,
-                    calib="builtin", calib_samples=16)
+    pipeline.export(
+        "mobilenet_v2", out_dir=out, resolution=RESOLUTION, int8=True, calib="builtin", calib_samples=16
+    )
     return out
 
 

@@ -124,7 +124,7 @@ def _top1_top5(name: str) -> tuple[float, float]:
     logits = []
     with torch.no_grad():
         for start in range(0, len(files), 50):
-            batch = np.stack([load_image(p, spec) for p in files[start:start + 50]])
+            batch = np.stack([load_image(p, spec) for p in files[start : start + 50]])
             logits.append(model(torch.from_numpy(batch)).numpy())
     top5 = np.argsort(-np.concatenate(logits), axis=1)[:, :5]
     return 100 * float((top5[:, 0] == labels).mean()), 100 * float((top5 == labels[:, None]).any(1).mean())

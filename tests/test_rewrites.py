@@ -58,8 +58,9 @@ def test_rewrite_is_exact_in_float() -> None:
         assert (rewritten(x) - net(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("module, reference", [(HardSwishDecomposed, nn.Hardswish),
-                                               (HardSigmoidDecomposed, nn.Hardsigmoid)])
+@pytest.mark.parametrize(
+    "module, reference", [(HardSwishDecomposed, nn.Hardswish), (HardSigmoidDecomposed, nn.Hardsigmoid)]
+)
 def test_decomposed_matches_torch_on_maps_and_vectors(module: type, reference: type) -> None:
     for shape in [(2, 5, 7, 7), (3, 11)]:
         x = torch.linspace(-8, 8, int(np.prod(shape))).reshape(shape)
@@ -144,8 +145,10 @@ def test_int8_outputs_still_agree(int8_files: dict[str, Path]) -> None:
     x = _calib()[:1]
     for fmt, runtime in (("tflite", "litert"), ("onnx", "onnxruntime")):
         native = x if runtime == "onnxruntime" else x.transpose(0, 2, 3, 1)
-        before, after = (get_runtime(runtime).load(int8_files[f"{fmt}-{v}"], threads=1).run(native)
-                         for v in ("before", "after"))
+        before, after = (
+            get_runtime(runtime).load(int8_files[f"{fmt}-{v}"], threads=1).run(native)
+            for v in ("before", "after")
+        )
         assert np.abs(after - before).max() < 0.2 * np.abs(before).max(), fmt
         assert after.argmax() == before.argmax(), fmt
 
@@ -153,8 +156,11 @@ def test_int8_outputs_still_agree(int8_files: dict[str, Path]) -> None:
 class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU6(),
-                                   nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+        self.block = nn.Sequential(
+            nn.Conv2d(channels, channels, 1),
+            nn.ReLU6(),
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
@@ -167,8 +173,16 @@ def test_tflite_int8_residual_adds_stay_int8(tmp_path: Path) -> None:
     from calibration import tflite_int8
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(), _Residual(8), _Residual(8), _Residual(8),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU6(),
+        _Residual(8),
+        _Residual(8),
+        _Residual(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
     path = tmp_path / "residual.tflite"
     tflite_int8.quantize_tflite(net, path, _calib(), method="minmax")
     interp = Interpreter(model_path=str(path))
@@ -185,8 +199,17 @@ def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> N
     from edgekit.bench import Job, int8_vs_fp32
 
     def result(fmt: str, precision: str, p50: float) -> dict:
-        return {"runtime": "litert", "threads": 1, "precision": precision, "format": fmt, "p50_ms": p50,
-                "target": "local", "measured": "litert, 1 thread", "cv": 0.01, "unstable": False}
+        return {
+            "runtime": "litert",
+            "threads": 1,
+            "precision": precision,
+            "format": fmt,
+            "p50_ms": p50,
+            "target": "local",
+            "measured": "litert, 1 thread",
+            "cv": 0.01,
+            "unstable": False,
+        }
 
     jobs = [Job("tflite-int8", int8_files["tflite-before"], "litert", {"precision": "int8"})]
     slower = int8_vs_fp32([result("tflite-fp32", "fp32", 1.0), result("tflite-int8", "int8", 2.0)], jobs)

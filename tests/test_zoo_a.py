@@ -19,8 +19,16 @@ from edgekit.zoo import create_model, get_entry
 from edgekit.zoo.mobilenet_v1 import MobileNetV1
 
 PARAMS_TOL, MACS_TOL = 0.02, 0.03
-OWNED = ("squeezenet1_0", "squeezenet1_1", "xception", "mobilenet_v1", "mobilenet_v2",
-         "mobilenet_v3_large", "mobilenet_v3_small", "efficientnet_lite0")
+OWNED = (
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "xception",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "efficientnet_lite0",
+)
 
 
 def count(build: Callable[[], torch.nn.Module], resolution: int) -> tuple[int, float]:
@@ -102,8 +110,9 @@ def test_exact_counts(name: str, width: float, resolution: int, params: int, mma
 
 
 @pytest.mark.parametrize(("name", "width", "resolution", "params", "mmacs"), PUBLISHED)
-def test_published_counts(name: str, width: float, resolution: int, params: float | None,
-                          mmacs: float) -> None:
+def test_published_counts(
+    name: str, width: float, resolution: int, params: float | None, mmacs: float
+) -> None:
     measured_params, macs = count(partial(create_model, name, width=width), resolution)
     if params is not None:
         assert abs(measured_params / 1e6 - params) <= PARAMS_TOL * params, f"{measured_params:,} params"
@@ -148,8 +157,10 @@ def test_forward_shape(name: str, resolution: int) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(("name", "width"), [("squeezenet1_1", 0.5), ("xception", 0.5),
-                                             ("mobilenet_v3_small", 0.75), ("efficientnet_lite0", 0.5)])
+@pytest.mark.parametrize(
+    ("name", "width"),
+    [("squeezenet1_1", 0.5), ("xception", 0.5), ("mobilenet_v3_small", 0.75), ("efficientnet_lite0", 0.5)],
+)
 def test_width_shrinks(name: str, width: float) -> None:
     full_params, full_macs = count(partial(create_model, name), 64)
     params, macs = count(partial(create_model, name, width=width), 64)
@@ -166,9 +177,10 @@ def test_registry_entries() -> None:
         assert get_entry(name).paper.startswith("https://arxiv.org/abs/")
 
 
-@pytest.mark.parametrize(("typo", "suggestion"), [("mobilenetv2", "mobilenet_v2"),
-                                                   ("squeezenet1.1", "squeezenet1_1"),
-                                                   ("exception", "xception")])
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [("mobilenetv2", "mobilenet_v2"), ("squeezenet1.1", "squeezenet1_1"), ("exception", "xception")],
+)
 def test_unknown_name_suggests(typo: str, suggestion: str) -> None:
     with pytest.raises(UnknownModelError) as info:
         get_entry(typo)

@@ -413,8 +413,17 @@ def run_configs(
                 prepared = prepare_model(model, config, calib)
                 files = write_artifacts(prepared, config, calib, root / config, runtimes)
             except EdgekitError as exc:
-                rows += [{"config": config, "runtime": rt, "top1": None, "top5": None, "agreement_top1": None,
-                          "error": exc.message} for rt in runtimes]
+                rows += [
+                    {
+                        "config": config,
+                        "runtime": rt,
+                        "top1": None,
+                        "top5": None,
+                        "agreement_top1": None,
+                        "error": exc.message,
+                    }
+                    for rt in runtimes
+                ]
                 continue
             for runtime, path in files.items():
                 try:
@@ -427,8 +436,13 @@ def run_configs(
 
 # --- plots --------------------------------------------------------------------------------------
 
-KIND_COLORS = {"standard": "tab:gray", "depthwise": "tab:red", "pointwise": "tab:blue", "group": "tab:purple",
-               "linear": "tab:green"}
+KIND_COLORS = {
+    "standard": "tab:gray",
+    "depthwise": "tab:red",
+    "pointwise": "tab:blue",
+    "group": "tab:purple",
+    "linear": "tab:green",
+}
 
 
 def plot_sqnr(result: dict[str, Any], ax: Any) -> None:
@@ -437,13 +451,25 @@ def plot_sqnr(result: dict[str, Any], ax: Any) -> None:
     index = range(len(layers))
     colors = [KIND_COLORS[layer["kind"]] for layer in layers]
     ax.bar(index, [layer["weight_sqnr_per_tensor"] for layer in layers], color=colors, width=0.8)
-    ax.scatter(index, [layer["weight_sqnr_per_channel"] for layer in layers], c=colors, marker="o", s=14,
-               edgecolors="black", linewidths=0.4, zorder=3)
+    ax.scatter(
+        index,
+        [layer["weight_sqnr_per_channel"] for layer in layers],
+        c=colors,
+        marker="o",
+        s=14,
+        edgecolors="black",
+        linewidths=0.4,
+        zorder=3,
+    )
     from matplotlib.patches import Patch
 
     present = [kind for kind in KIND_COLORS if any(layer["kind"] == kind for layer in layers)]
-    ax.legend(handles=[Patch(color=KIND_COLORS[k], label=k) for k in present], fontsize=8, ncol=len(present),
-              loc="lower right")
+    ax.legend(
+        handles=[Patch(color=KIND_COLORS[k], label=k) for k in present],
+        fontsize=8,
+        ncol=len(present),
+        loc="lower right",
+    )
     ax.set_xlabel("layer (network order)")
     ax.set_ylabel(f"weight SQNR, {result['bits']}-bit (dB)")
     ax.set_title(f"{result['model']}: per-tensor (bars) vs per-channel (dots), BN folded")

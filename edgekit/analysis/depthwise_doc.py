@@ -22,8 +22,15 @@ DOC_CALIB_FROM_DATA = True  # in-domain activation ranges, so the weight effect 
 
 PARTS = ("layers", "onnxruntime", "litert")
 # LiteRT int8 conversion is the slow step (minutes per file): the seven main configurations only.
-REQUIRED_LITERT = ("float", "int8-per-tensor", "int8-per-channel", "int8-per-tensor-cle",
-                   "int8-per-channel-cle", "w6a8-per-channel", "w4a8-per-channel")
+REQUIRED_LITERT = (
+    "float",
+    "int8-per-tensor",
+    "int8-per-channel",
+    "int8-per-tensor-cle",
+    "int8-per-channel-cle",
+    "w6a8-per-channel",
+    "w4a8-per-channel",
+)
 
 
 def measure(part: str, data: str, limit: int | None, litert_configs: list[str]) -> dict[str, Any]:
@@ -32,22 +39,27 @@ def measure(part: str, data: str, limit: int | None, litert_configs: list[str]) 
     from edgekit.analysis import depthwise
 
     if part == "layers":
-        main = depthwise.analyze("mobilenet_v2", pretrained=True, bits=8, data=data, limit=limit,
-                                 end_to_end=False)
+        main = depthwise.analyze(
+            "mobilenet_v2", pretrained=True, bits=8, data=data, limit=limit, end_to_end=False
+        )
         model, _ = depthwise.load_model("mobilenet_v2", pretrained=True)
         folded = fold_batchnorm(copy.deepcopy(model))
-        low_bits = {bits: depthwise.summarize_by_kind(depthwise.analyze_layers(folded, None, bits))
-                    for bits in (6, 4)}
-        lite = depthwise.analyze("efficientnet_lite0", pretrained=True, bits=8, data=data, limit=limit,
-                                 end_to_end=False)
+        low_bits = {
+            bits: depthwise.summarize_by_kind(depthwise.analyze_layers(folded, None, bits)) for bits in (6, 4)
+        }
+        lite = depthwise.analyze(
+            "efficientnet_lite0", pretrained=True, bits=8, data=data, limit=limit, end_to_end=False
+        )
         return {"mobilenet_v2": main, "low_bits": low_bits, "efficientnet_lite0": lite}
     model, spec = depthwise.load_model("mobilenet_v2", pretrained=True)
     x, labels, source = depthwise.load_images(data, spec, limit)
     calib = depthwise.calibration_tensors(data, spec)
     configs = litert_configs if part == "litert" else None
     rows = depthwise.run_configs(model, x, labels, calib.tensors, configs=configs, runtimes=[part])
-    method = (f"real files on {part}, 1 thread; images: {source}; calibration: {calib.source} "
-              f"({len(calib.tensors)} images)")
+    method = (
+        f"real files on {part}, 1 thread; images: {source}; calibration: {calib.source} "
+        f"({len(calib.tensors)} images)"
+    )
     return {"end_to_end": rows, "method": method}
 
 
@@ -58,12 +70,13 @@ def _f(value: Any, digits: int = 1) -> str:
 def kind_table(by_kind: dict[str, Any], with_output: bool = True) -> list[str]:
     head = "| kind | layers | W SQNR per-tensor | W SQNR per-channel | per-channel gain | spread median |"
     head += " spread max |" + (" logits SQNR per-tensor | logits SQNR per-channel |" if with_output else "")
-    lines = [head,
-             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_output else "")]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_output else "")]
     for kind, s in by_kind.items():
-        row = (f"| {kind} | {s['layers']} | {_f(s['weight_sqnr_per_tensor'])} | "
-               f"{_f(s['weight_sqnr_per_channel'])} | {_f(s['per_channel_gain'])} | "
-               f"{_f(s['range_spread_median'])}x | {_f(s['range_spread_max'], 0)}x |")
+        row = (
+            f"| {kind} | {s['layers']} | {_f(s['weight_sqnr_per_tensor'])} | "
+            f"{_f(s['weight_sqnr_per_channel'])} | {_f(s['per_channel_gain'])} | "
+            f"{_f(s['range_spread_median'])}x | {_f(s['range_spread_max'], 0)}x |"
+        )
         if with_output:
             row += f" {_f(s['output_sqnr_per_tensor'])} | {_f(s['output_sqnr_per_channel'])} |"
         lines.append(row)
@@ -71,22 +84,30 @@ def kind_table(by_kind: dict[str, Any], with_output: bool = True) -> list[str]:
 
 
 def flagged_table(layers: list[dict[str, Any]]) -> list[str]:
-    lines = ["| layer | kind | W SQNR per-tensor | per-channel | logits SQNR (alone) | reason |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| layer | kind | W SQNR per-tensor | per-channel | logits SQNR (alone) | reason |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for r in layers:
         if r["flag"]:
-            lines.append(f"| `{r['name']}` | {r['kind']} | {_f(r['weight_sqnr_per_tensor'])} | "
-                         f"{_f(r['weight_sqnr_per_channel'])} | {_f(r.get('output_sqnr_per_tensor'))} | "
-                         f"{r['flag']} |")
+            lines.append(
+                f"| `{r['name']}` | {r['kind']} | {_f(r['weight_sqnr_per_tensor'])} | "
+                f"{_f(r['weight_sqnr_per_channel'])} | {_f(r.get('output_sqnr_per_tensor'))} | "
+                f"{r['flag']} |"
+            )
     return lines if len(lines) > 2 else ["(no layer flagged)"]
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| config | runtime | top-1 % | top-5 % | top-1 agreement with float % | note |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| config | runtime | top-1 % | top-5 % | top-1 agreement with float % | note |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['runtime']} | {_f(r['top1'])} | {_f(r['top5'])} | "
-                     f"{_f(r['agreement_top1'])} | {r.get('error') or ''} |")
+        lines.append(
+            f"| {r['config']} | {r['runtime']} | {_f(r['top1'])} | {_f(r['top5'])} | "
+            f"{_f(r['agreement_top1'])} | {r.get('error') or ''} |"
+        )
     return lines
 
 
@@ -113,11 +134,15 @@ def findings(main: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     if base is None:
         return lines
     for runtime in ("onnxruntime", "litert"):
-        deltas = [f"{c} {t - base:+.1f}" for c in CONFIGS
-                  if c != "float" and (t := _top1(rows, c, runtime)) is not None]
+        deltas = [
+            f"{c} {t - base:+.1f}"
+            for c in CONFIGS
+            if c != "float" and (t := _top1(rows, c, runtime)) is not None
+        ]
         if deltas:
-            lines.append(f"- Top-1 change against PyTorch float ({base:.1f}%) on {runtime}: "
-                         f"{', '.join(deltas)}.")
+            lines.append(
+                f"- Top-1 change against PyTorch float ({base:.1f}%) on {runtime}: {', '.join(deltas)}."
+            )
     return lines
 
 

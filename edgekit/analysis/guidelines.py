@@ -281,10 +281,9 @@ def run_guidelines(
 
     Returns ``{"machine", "settings", "rows", "findings", "time_shares", "skipped"}``.
     """
+    from edgekit.errors import UsageError
     from edgekit.machine import facts as machine_facts
     from runtimes import get_runtime
-
-    from edgekit.errors import UsageError
 
     unknown = [g for g in which if g not in EXPERIMENTS]
     if unknown:

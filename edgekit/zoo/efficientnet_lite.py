@@ -43,8 +43,9 @@ class SameConvBNAct(ConvBNAct):
     exports as one constant Pad op.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, **kwargs: Any
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=0, **kwargs)
         self.kernel_size, self.stride = kernel_size, stride
 
@@ -59,8 +60,9 @@ class SameConvBNAct(ConvBNAct):
 class MBConv(nn.Module):
     """Mobile inverted bottleneck: 1x1 expand -> kxk depthwise -> linear 1x1 project (+ identity)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand_ratio: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.use_res_connect = stride == 1 and in_channels == out_channels

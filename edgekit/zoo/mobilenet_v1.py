@@ -16,9 +16,19 @@ from edgekit.zoo.registry import register_model
 
 # (output channels, stride) of the 13 depthwise separable blocks: Table 1 of the paper.
 DEPTHWISE_SEPARABLE_SETTING = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),  # the five 14x14 blocks Table 5 removes
-    (1024, 2), (1024, 1),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),  # the five 14x14 blocks Table 5 removes
+    (1024, 2),
+    (1024, 1),
 )
 SHALLOW_REMOVED = range(6, 11)
 
@@ -40,8 +50,14 @@ class DepthwiseSeparableConv(nn.Sequential):
 
 
 class MobileNetV1(nn.Module):
-    def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.001,
-                 separable: bool = True, shallow: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        dropout: float = 0.001,
+        separable: bool = True,
+        shallow: bool = False,
+    ) -> None:
         super().__init__()
         in_channels = scaled_channels(32, width)
         features: list[nn.Module] = [ConvBNAct(3, in_channels, stride=2)]

@@ -71,16 +71,33 @@ class SqueezeExcitation(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2's block with optional squeeze-and-excite and h-swish (Figure 4 of the paper)."""
 
-    def __init__(self, in_channels: int, kernel: int, expanded: int, out_channels: int, use_se: bool,
-                 use_hs: bool, stride: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        kernel: int,
+        expanded: int,
+        out_channels: int,
+        use_se: bool,
+        use_hs: bool,
+        stride: int,
+    ) -> None:
         super().__init__()
         self.use_res_connect = stride == 1 and in_channels == out_channels
         activation = nn.Hardswish if use_hs else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != in_channels:
             layers.append(ConvBNAct(in_channels, expanded, 1, activation=activation, norm_layer=BatchNorm))
-        layers.append(ConvBNAct(expanded, expanded, kernel, stride, groups=expanded, activation=activation,
-                                norm_layer=BatchNorm))
+        layers.append(
+            ConvBNAct(
+                expanded,
+                expanded,
+                kernel,
+                stride,
+                groups=expanded,
+                activation=activation,
+                norm_layer=BatchNorm,
+            )
+        )
         if use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4)))
         layers.append(ConvBNAct(expanded, out_channels, 1, activation=None, norm_layer=BatchNorm))
@@ -92,8 +109,9 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    def __init__(self, arch: str = "large", num_classes: int = 1000, width: float = 1.0,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, arch: str = "large", num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         setting = {"large": LARGE_SETTING, "small": SMALL_SETTING}[arch]
         in_channels = make_divisible(16 * width)

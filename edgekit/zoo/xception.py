@@ -35,8 +35,9 @@ class XceptionBlock(nn.Module):
     ``start_with_relu=False`` for the first block, whose input is already activated.
     """
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...], stride: int = 1,
-                 start_with_relu: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, channels: tuple[int, ...], stride: int = 1, start_with_relu: bool = True
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
@@ -62,8 +63,11 @@ class XceptionBlock(nn.Module):
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
     # The two stem convolutions are unpadded ("valid"): 299 -> 149 -> 147.
-    return [nn.Conv2d(in_channels, out_channels, 3, stride, bias=False), nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def _separable_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
