@@ -10,7 +10,6 @@ the ONNX file; the output observer keeps the largest logits unclipped.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +67,9 @@ def quantize_tflite(
 
     quantizer = fast_path_quantizer(config)
     threads = torch.get_num_threads()
-    # Calibration is not timing: every core. Set explicitly so that the summation order (hence
-    # the ranges and the file's bytes) depends on the machine only, not on earlier callers.
-    torch.set_num_threads(os.cpu_count() or 1)
+    # One thread: with several, the file's bytes differed between two identical runs (summation
+    # order); the forward passes are a small part of this step's time anyway.
+    torch.set_num_threads(1)
     try:
         litert_torch.config.show_progress = False
         graph = torch.export.export(channel_last(module), sample).module()

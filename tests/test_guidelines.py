@@ -83,3 +83,13 @@ def test_cli_rejects_unknown_guideline() -> None:
     )
     assert proc.returncode != 0
     assert "unknown guideline G9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_figure2_time_shares_come_from_the_profiler() -> None:
+    (row,) = g.time_shares(("mobilenet_v2",), resolution=64)
+    assert row["runtime"] == "onnxruntime" and row["runs"] >= 20
+    assert 0.0 < row["conv_time_share"] <= 1.0
+    assert row["conv_time_share"] + row["other_time_share"] == pytest.approx(1.0)
+    # MobileNetV2's MACs are all in convolutions but the classifier's.
+    assert 0.9 < row["conv_flops_share"] < 1.0
+    assert {"depthwise", "pointwise"} <= set(row["time_by_category_ms"])

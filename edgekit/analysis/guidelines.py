@@ -318,13 +318,9 @@ def run_guidelines(
         "rows": rows,
         "skipped": skipped,
         "findings": findings(rows),
-        "time_shares": [
-            share
-            for runtime in usable
-            if runtime != "torch"
-            for share in time_shares(figure2, runtime=runtime, threads=threads, progress=progress)
-        ]
-        if figure2 and target == "local"
+        # Only ONNX Runtime's profiler times ops; LiteRT 2.3's Python API has no per-op timer.
+        "time_shares": time_shares(figure2, threads=threads, progress=progress)
+        if figure2 and target == "local" and "onnxruntime" in usable
         else [],
     }
 
@@ -397,9 +393,7 @@ def time_shares(
                 progress(f"Figure 2: {name} on {runtime}")
             folder = Path(tmp) / name
             fmt_family = "onnx" if runtime == "onnxruntime" else "tflite"
-            pipeline.export(
-                name, out_dir=str(folder), formats=[fmt_family], resolution=resolution, quiet=True
-            )
+            pipeline.export(name, out_dir=str(folder), formats=[fmt_family], resolution=resolution)
             result = bench.bench(
                 str(folder), runtimes=[runtime], threads=[threads], runs=20, min_time=0.5, profile=True
             )
@@ -408,9 +402,9 @@ def time_shares(
                 for r in result["results"]
                 if r["format"] in ("onnx-fp32", "tflite-fp32") and r.get("profile")
             )
-            by_cat = fp32["profile"]["by_category"]
-            total = sum(v["ms"] for v in by_cat.values()) or 1.0
-            conv_ms = sum(v["ms"] for k, v in by_cat.items() if k in CONV_CATEGORIES)
+            by_cat = fp32["profile"]["by_category_ms"]
+            total = sum(by_cat.values()) or 1.0
+            conv_ms = sum(ms for k, ms in by_cat.items() if k in CONV_CATEGORIES)
             info = model_info(name, resolution=resolution)
             conv_macs = sum(
                 v["macs"]
@@ -426,7 +420,7 @@ def time_shares(
                     "conv_time_share": conv_ms / total,
                     "other_time_share": 1 - conv_ms / total,
                     "conv_flops_share": conv_macs / info["macs"],
-                    "time_by_category_ms": {k: v["ms"] for k, v in by_cat.items()},
+                    "time_by_category_ms": by_cat,
                     "p50_ms": fp32["p50_ms"],
                     "runs": fp32["runs"],
                 }
