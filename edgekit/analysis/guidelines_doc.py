@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from edgekit.analysis import guidelines
@@ -17,7 +18,8 @@ speed; memory access cost (MAC = hw(c1+c2) + c1c2 for a 1x1 conv) and the degree
 Each experiment is a stack of 10 blocks at 56x56 whose FLOPs are held fixed while one design choice
 varies; each is exported to ONNX and TFLite and timed on ONNX Runtime and LiteRT (XNNPACK). Where the
 result here differs from the paper's (GPU and a 2018 ARM phone), that is a finding about these
-runtimes, not a failure. The rank correlations tell which cost orders the times; "n/a" means the
+runtimes, not a failure. The committed page was measured on a shared 2-core host while other jobs
+ran, so single cases can be off by tens of percent: re-run `make guidelines` on a quiet machine. The rank correlations tell which cost orders the times; "n/a" means the
 FLOPs are identical by construction.
 
 """
@@ -27,11 +29,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/guidelines.md")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--from-json", help="re-render from a saved result instead of measuring")
     args = parser.parse_args()
     out = Path(args.out)
-    result = guidelines.run_guidelines(
-        threads=args.threads, figure2=("mobilenet_v2", "shufflenet_v1", "shufflenet_v2"), progress=print
-    )
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+    else:
+        result = guidelines.run_guidelines(
+            threads=args.threads, figure2=("mobilenet_v2", "shufflenet_v1", "shufflenet_v2"), progress=print
+        )
     image = guidelines.plot(result, out.parent / "img" / "guidelines.png")
     write_json(out.with_suffix(".json"), result)
     body = guidelines.to_markdown(result)
