@@ -461,7 +461,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             verdict = "agrees with the paper" if f["agrees"] else "DISAGREES with the paper"  # within 5%
             lines.append(
                 f"- {f['runtime']} x{f['scale']}: fastest here `{f['fastest_here']}` ({verdict}; the paper "
-                f"prefers `{f['paper_best']}`; agreement = its case within 5% of the fastest), spread {f['spread']:.2f}x; rank correlation of time with "
+                f"prefers `{f['paper_best']}`; agreement = its case within 5% of the fastest), "
+                f"spread {f['spread']:.2f}x; rank correlation of time with "
                 f"FLOPs {_fmt_corr(f['rank_corr_time_vs_flops'])}, "
                 f"with MAC {_fmt_corr(f['rank_corr_time_vs_mac'])}."
             )

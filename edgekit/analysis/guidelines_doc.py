@@ -19,7 +19,8 @@ Each experiment is a stack of 10 blocks at 56x56 whose FLOPs are held fixed whil
 varies; each is exported to ONNX and TFLite and timed on ONNX Runtime and LiteRT (XNNPACK). Where the
 result here differs from the paper's (GPU and a 2018 ARM phone), that is a finding about these
 runtimes, not a failure. The committed page was measured on a shared 2-core host while other jobs
-ran, so single cases can be off by tens of percent: re-run `make guidelines` on a quiet machine. The rank correlations tell which cost orders the times; "n/a" means the
+ran, so single cases can be off by tens of percent: re-run `make guidelines` on a quiet machine.
+The rank correlations tell which cost orders the times; "n/a" means the
 FLOPs are identical by construction.
 
 """
