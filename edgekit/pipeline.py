@@ -182,11 +182,16 @@ def recalibrate_batchnorm(model: Any, spec: PreprocessSpec, images: int = BN_IMA
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over all batches
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a fixed summation order: the same command gives the same bytes
     model.train()
-    with torch.no_grad():
-        for chunk in batch.split(8):
-            model(chunk)
-    model.eval()
+    try:
+        with torch.no_grad():
+            for chunk in batch.split(8):
+                model(chunk)
+    finally:
+        model.eval()
+        torch.set_num_threads(threads)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return {"batchnorm_statistics": f"re-estimated on {images} crops of the built-in photographs"}
