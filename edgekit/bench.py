@@ -377,15 +377,20 @@ def _efficiency(macs: int | None, p50_ms: float, precision: str, threads: int, l
         return {"gmacs_per_s": None, "peak_gmacs_per_s": None, "efficiency": None}
     achieved = macs / (p50_ms / 1e3) / 1e9
     if not local:
-        return {"gmacs_per_s": round(achieved, 3), "peak_gmacs_per_s": None, "efficiency": None}
+        return {"gmacs_per_s": _significant(achieved), "peak_gmacs_per_s": None, "efficiency": None}
     kind = "int8" if precision == "int8" else "fp32"
     peak = machine.peak_gmacs(kind, threads)
     return {
-        "gmacs_per_s": round(achieved, 3),
-        "peak_gmacs_per_s": round(peak, 2),
+        "gmacs_per_s": _significant(achieved),
+        "peak_gmacs_per_s": _significant(peak),
         "peak_kind": kind,
-        "efficiency": round(achieved / peak, 4),
+        "efficiency": _significant(achieved / peak),
     }
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    # Significant digits, not decimals: a tiny int8 model's efficiency is ~0.003.
+    return float(f"{value:.{digits}g}")
 
 
 def _measured_note(r: dict[str, Any]) -> str:
