@@ -127,18 +127,13 @@ def _onnx(
             symmetric_activations=symmetric,
         )
     path = stage / "model_int8.onnx"
-    inp, out = onnx_int8.io_quantisation(path)
-    files["onnx-int8"] = file_entry(
-        stage,
-        "model_int8.onnx",
-        format="onnx-int8",
-        precision="int8",
-        layout="NCHW",
-        input=inp,
-        output=out,
+    files["onnx-int8"] = _int8_entry(
+        path,
+        "NCHW",
+        onnx_int8.io_quantisation(path),
+        checks,
         quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges",
         fused_ops=onnx_int8.fused_ops(path),
-        verification=_verify(path, "onnx-int8", "NCHW", checks),
     )
     return _rounded(info["activation_ranges"])
 
@@ -159,19 +154,33 @@ def _tflite(
     info = tflite_int8.quantize_tflite(
         model, path, tensors, method=method, per_channel=per_channel, symmetric_activations=symmetric
     )
-    inp, out = tflite_int8.io_quantisation(path)
-    files["tflite-int8"] = file_entry(
-        stage,
-        "model_int8.tflite",
-        format="tflite-int8",
-        precision="int8",
-        layout="NHWC",
-        input=inp,
-        output=out,
+    files["tflite-int8"] = _int8_entry(
+        path,
+        "NHWC",
+        tflite_int8.io_quantisation(path),
+        checks,
         quantizer="litert-torch PT2E (full integer) with edgekit range observers",
-        verification=_verify(path, "tflite-int8", "NHWC", checks),
     )
     return _rounded(info["activation_ranges"])
+
+
+def _int8_entry(
+    path: Path, layout: str, io: tuple[dict[str, Any], dict[str, Any]], checks: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The manifest entry of an int8 file: hashes, I/O scales, and its check against float."""
+    fmt = "onnx-int8" if path.suffix == ".onnx" else "tflite-int8"
+    inp, out = io
+    return file_entry(
+        path.parent,
+        path.name,
+        format=fmt,
+        precision="int8",
+        layout=layout,
+        input=inp,
+        output=out,
+        **extra,
+        verification=_verify(path, fmt, layout, checks),
+    )
 
 
 def _verification_inputs(model: Any, spec: PreprocessSpec) -> dict[str, Any]:

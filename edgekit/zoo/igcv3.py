@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekit.zoo.common import ConvBNAct, channel_shuffle, init_weights, make_divisible
+from edgekit.zoo.common import ConvBNAct, channel_shuffle
+from edgekit.zoo.mobilenet_v2 import MobileNetV2
 from edgekit.zoo.registry import register_model
 
 POINTWISE_GROUPS = 2
@@ -52,25 +53,11 @@ class IGCV3Block(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class IGCV3(nn.Module):
-    def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2) -> None:
-        super().__init__()
-        in_channels = make_divisible(32 * width)
-        last_channels = make_divisible(1280 * max(1.0, width))
-        features: list[nn.Module] = [ConvBNAct(3, in_channels, stride=2)]
-        for t, c, n, s in IGCV3_D_SETTING:
-            out_channels = make_divisible(c * width)
-            for i in range(n):
-                features.append(IGCV3Block(in_channels, out_channels, s if i == 0 else 1, t))
-                in_channels = out_channels
-        features.append(ConvBNAct(in_channels, last_channels, kernel_size=1))
-        self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last_channels, num_classes))
-        init_weights(self)
+class IGCV3(MobileNetV2):
+    """MobileNetV2's stem, head and classifier around IGCV3-D's blocks."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x).mean((2, 3))
-        return self.classifier(x)
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2) -> None:
+        super().__init__(num_classes, width, dropout, setting=IGCV3_D_SETTING, block=IGCV3Block)
 
 
 @register_model(

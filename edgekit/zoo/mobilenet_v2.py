@@ -48,15 +48,22 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        dropout: float = 0.2,
+        setting: tuple[tuple[int, int, int, int], ...] = INVERTED_RESIDUAL_SETTING,
+        block: type[nn.Module] = InvertedResidual,
+    ) -> None:
         super().__init__()
         in_channels = make_divisible(32 * width)
         last_channels = make_divisible(1280 * max(1.0, width))
         features: list[nn.Module] = [ConvBNAct(3, in_channels, stride=2)]
-        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+        for t, c, n, s in setting:
             out_channels = make_divisible(c * width)
             for i in range(n):
-                features.append(InvertedResidual(in_channels, out_channels, s if i == 0 else 1, t))
+                features.append(block(in_channels, out_channels, s if i == 0 else 1, t))
                 in_channels = out_channels
         features.append(ConvBNAct(in_channels, last_channels, kernel_size=1))
         self.features = nn.Sequential(*features)
