@@ -27,9 +27,9 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         subtracted from the bias, so the deployed layer's expected output matches the float one.
         Returns {"layers", "max_abs_shift", "mean_abs_shift"}.
 
-The graph walk uses torch.fx; a model fx cannot trace (shape-dependent padding, e.g. the zoo's
-EfficientNet-Lite "same" convolutions) falls back to nn.Sequential neighbours for BN folding and
-gets no equalisation pairs (the report says pairs=0).
+The graph walk uses torch.fx (the zoo's shape-dependent "SAME" padding is a leaf call,
+``edgekit.zoo.common.pad_same``, that pairs may pass through); a model fx cannot trace falls back
+to nn.Sequential neighbours for BN folding and gets no equalisation pairs (the report says pairs=0).
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ import torch
 from torch import nn
 
 from calibration.fakequant import quant_layers, quantize_weight
+from edgekit.zoo.common import pad_same
 
 _SKIP = (nn.Identity, nn.Dropout)  # modules a pair may pass through unchanged (folded BN, dropout)
+# Zero padding commutes with per-channel scaling (pad(x / s) = pad(x) / s): a pair may pass it.
+_ZERO_PADS = (pad_same,)
 _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU)  # f(x / s) = f(x) / s for s > 0: exact, shared modules are fine
 
 
@@ -158,7 +161,7 @@ class _Pair:
 
 def _next_real(model: nn.Module, node: Any) -> Any | None:
     user = _only_user(node)
-    while user is not None and isinstance(_module_of(model, user), _SKIP):
+    while user is not None and (isinstance(_module_of(model, user), _SKIP) or user.target in _ZERO_PADS):
         user = _only_user(user)
     return user
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from calibration.ranges import DEFAULT_METHOD
+from calibration.threads import one_thread
 from edgekit.errors import ExportError
 
 
@@ -66,32 +67,28 @@ def quantize_tflite(
     from exporters.rewrites import fast_path_quantizer
 
     quantizer = fast_path_quantizer(config)
-    threads = torch.get_num_threads()
-    # One thread: with several, the file's bytes differed between two identical runs (summation
-    # order); the forward passes are a small part of this step's time anyway.
-    torch.set_num_threads(1)
     try:
-        litert_torch.config.show_progress = False
-        graph = torch.export.export(channel_last(module), sample).module()
-        prepared = prepare_pt2e(graph, quantizer)
-        for observer in output_observers(prepared):
-            observer.mark_output()  # argmax lives in the largest logits: a range for them
-        with torch.no_grad():
-            for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
-                prepared(nhwc[i : i + 1])
-                if i == 0:
-                    freeze_weight_observers(prepared)
-        ranges = observed_ranges(prepared)
-        converted = convert_pt2e(prepared, fold_quantize=False)
-        lowering = QuantConfig(pt2e_quantizer=quantizer)
-        litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
+        # One thread (calibration.threads): the forward passes are a small part of this step.
+        with one_thread():
+            litert_torch.config.show_progress = False
+            graph = torch.export.export(channel_last(module), sample).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for observer in output_observers(prepared):
+                observer.mark_output()  # argmax lives in the largest logits: a range for them
+            with torch.no_grad():
+                for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
+                    prepared(nhwc[i : i + 1])
+                    if i == 0:
+                        freeze_weight_observers(prepared)
+            ranges = observed_ranges(prepared)
+            converted = convert_pt2e(prepared, fold_quantize=False)
+            lowering = QuantConfig(pt2e_quantizer=quantizer)
+            litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
     except Exception as exc:  # converter errors are plain exceptions; one line naming the step
         raise ExportError(
             f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
             "try --per-tensor or --formats onnx; report the failing op",
         ) from exc
-    finally:
-        torch.set_num_threads(threads)
     return {"activation_ranges": ranges}
 
 

@@ -107,7 +107,11 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--symmetric-activations", is_flag=True)
 @click.option("--skip-bad-images", is_flag=True, help="Warn and skip unreadable images instead of failing.")
 @click.option("--equalize", is_flag=True, help="Cross-layer equalisation before int8 export.")
-@click.option("--bias-correct", is_flag=True, help="Empirical bias correction after quantisation.")
+@click.option(
+    "--bias-correct/--no-bias-correct",
+    default=None,
+    help="Empirical bias correction of the int8 weights' error (default on).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def export(name: str, out_dir: str | None, formats: str, as_json: bool, **options: Any) -> None:

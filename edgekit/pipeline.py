@@ -173,6 +173,7 @@ def recalibrate_batchnorm(model: Any, spec: PreprocessSpec, images: int = BN_IMA
     import torch
 
     from calibration.sources import builtin_tensors
+    from calibration.threads import one_thread
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -182,16 +183,13 @@ def recalibrate_batchnorm(model: Any, spec: PreprocessSpec, images: int = BN_IMA
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over all batches
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a fixed summation order: the same command gives the same bytes
     model.train()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():  # a fixed summation order: the same bytes every run
             for chunk in batch.split(8):
                 model(chunk)
     finally:
         model.eval()
-        torch.set_num_threads(threads)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return {"batchnorm_statistics": f"re-estimated on {images} crops of the built-in photographs"}

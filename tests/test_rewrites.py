@@ -194,6 +194,37 @@ def test_tflite_int8_residual_adds_stay_int8(tmp_path: Path) -> None:
     assert not [op["op_name"] for op in ops if op["op_name"] in ("DEQUANTIZE", "QUANTIZE")]
 
 
+def test_tflite_int8_relu6_is_fused_with_its_range_from_zero(tmp_path: Path) -> None:
+    """conv -> ReLU6 is one int8 CONV_2D whose output range is the clamp's ([0, hi]: zero point
+    -128), not the conv's pre-activation range shared with a separate ReLU6."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from calibration import tflite_int8
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1),
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+        nn.ReLU6(),
+        nn.Conv2d(8, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()
+    path = tmp_path / "relu6.tflite"
+    tflite_int8.quantize_tflite(net, path, _calib(), method="minmax")
+    interp = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    assert not [op for op in ops if op["op_name"] in ("RELU6", "RELU", "DEQUANTIZE", "QUANTIZE")]
+    convs = [op for op in ops if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) == 3
+    zero_points = [tensors[op["outputs"][0]]["quantization"][1] for op in convs]
+    assert zero_points[:2] == [-128, -128]  # the two clamped outputs start at 0.0
+    assert zero_points[2] > -128  # the linear 1x1 conv output is signed
+
+
 def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> None:
     """bench.int8_vs_fp32 explains a slower int8 file with the ops LiteRT left outside XNNPACK."""
     from edgekit.bench import Job, int8_vs_fp32

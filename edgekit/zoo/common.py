@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.fx
 from torch import nn
 
 
@@ -15,6 +17,20 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new_value < 0.9 * value:
         new_value += divisor
     return new_value
+
+
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """TF's "SAME" zero padding for a strided conv: the odd pixel goes bottom/right."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+        pads += [total // 2, total - total // 2]
+    return nn.functional.pad(x, pads)
+
+
+# The pad depends on the input's shape: a leaf call for torch.fx, so the graph walks of
+# calibration.equalize (BN folding, equalisation pairs) can trace the networks that use it.
+torch.fx.wrap("pad_same")
 
 
 class ConvBNAct(nn.Sequential):

@@ -9,13 +9,13 @@ in [-1, 1]. Module names are edgekit's; ``edgekit.zoo.weights`` maps the ported 
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgekit.zoo import common
 from edgekit.zoo.common import ConvBNAct, init_weights, make_divisible
 from edgekit.zoo.registry import register_model
 
@@ -50,11 +50,7 @@ class SameConvBNAct(ConvBNAct):
         self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(nn.functional.pad(x, pads))
+        return super().forward(common.pad_same(x, self.kernel_size, self.stride))
 
 
 class MBConv(nn.Module):
