@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
+from edgekit.report import int8_section
 from edgekit.verify import GATES, METHOD, reference_inputs, torch_logits, verify_file
 from edgekit.verify import check as check_gate
 
@@ -430,6 +431,7 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
         f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {_gates(manifest)}.",
         "",
     ]
+    lines += int8_section(manifest)
     lines += _ops_section(manifest)
     return write_text(folder / "report.md", "\n".join(lines) + "\n")
 

@@ -50,6 +50,7 @@ def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str
         )
     lines += [
         "",
+        *int8_section(manifest),
         *_verification(manifest),
         *_accuracy(evaluation, plots),
         *_latency(bench, plots),
@@ -58,6 +59,57 @@ def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str
         *_machine(bench),
     ]
     return lines
+
+
+def int8_section(manifest: dict) -> list[str]:
+    """How the int8 files were made: calibration data, range method, and each remedy with what it
+    changed (from ``manifest["calibration"]``); nothing when the folder has no int8 files."""
+    calib = manifest.get("calibration")
+    if not calib:
+        return []
+    weights = "per-channel" if calib.get("per_channel") else "per-tensor"
+    acts = "symmetric" if calib.get("symmetric_activations") else "asymmetric"
+    lines = [
+        "## int8",
+        "",
+        f"- calibration: {calib['source']}, {calib['samples']} samples (seed {calib.get('seed', 0)}), "
+        f"ranges: {calib['method']}; weights int8 symmetric {weights}, activations {acts}",
+    ]
+    remedies = calib.get("remedies") or []
+    if not remedies:
+        lines.append("- remedies: none (`--equalize`, `--bias-correct` switch them on)")
+    for remedy in remedies:
+        lines.append(f"- remedy {remedy['name']}: {_remedy_change(remedy)}")
+    rewritten = (calib.get("rewrites") or {}).get("rewritten") or {}
+    if rewritten:
+        formulas = calib["rewrites"].get("formulation", {})
+        shown = ", ".join(f"{op} x{n} as {formulas.get(op, '?')}" for op, n in rewritten.items())
+        lines.append(f"- rewritten for the int8 fast paths: {shown}")
+    ranges = calib.get("activation_ranges") or {}
+    counts = ", ".join(f"{fmt} {len(r)}" for fmt, r in ranges.items())
+    if counts:
+        lines.append(f"- activation ranges recorded in manifest.json: {counts} tensors")
+    return [*lines, ""]
+
+
+def _remedy_change(remedy: dict) -> str:
+    if remedy["name"] == "cross_layer_equalize":
+        spread = ""
+        if remedy.get("spread_before") is not None and remedy.get("spread_after") is not None:
+            spread = (
+                f"; median channel-range spread of the first convs {remedy['spread_before']:.3g}x -> "
+                f"{remedy['spread_after']:.3g}x"
+            )
+        return (
+            f"{remedy['pairs']} conv pairs in {remedy['sweeps']} sweeps, scales "
+            f"{remedy['scale_min']:.3g}..{remedy['scale_max']:.3g} (ReLU6: {remedy['relu6']}){spread}"
+        )
+    if remedy["name"] == "bias_correct":
+        return (
+            f"{remedy['layers']} layers' biases shifted by the expected int8 weight error "
+            f"(mean |shift| {remedy['mean_abs_shift']:.3g}, max {remedy['max_abs_shift']:.3g})"
+        )
+    return ", ".join(f"{k}={v}" for k, v in remedy.items() if k != "name")
 
 
 def _verification(manifest: dict) -> list[str]:

@@ -152,3 +152,23 @@ def test_mobilenet_v2_cle_exact_with_relu6_clip() -> None:
     assert report["pairs"] >= 33  # 17 blocks: expand->dw and dw->project, plus stem->first dw
     assert report["spread_after"] < report["spread_before"]
     assert _rel_err(out, ref) < 1e-4
+
+
+def test_efficientnet_lite_same_padding_is_traced_and_equalised() -> None:
+    """TF "SAME" padding depends on the input shape: a leaf call for fx, so pairs pass through it."""
+    from edgekit.zoo.efficientnet_lite import EfficientNetLite
+
+    torch.manual_seed(0)
+    model = _randomize_bn(EfficientNetLite(num_classes=10))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+    report = cross_layer_equalize(model)
+    with torch.no_grad():
+        out = model(x)
+    # 16 MBConv blocks: dw->project in each, expand->dw in the 15 with an expansion (the 4 strided
+    # depthwise convs reached through their SAME pad), stem->first dw, and two linear project->conv
+    # pairs where no residual reads the projection (block 1 -> block 2, block 16 -> head).
+    assert report["pairs"] == 34
+    assert report["spread_after"] < report["spread_before"]
+    assert _rel_err(out, ref) < 1e-4

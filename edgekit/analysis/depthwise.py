@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.sources import DEFAULT_SAMPLES
 from edgekit.errors import DataError, UsageError
 
 KINDS = ("standard", "depthwise", "pointwise", "group", "linear")
@@ -275,24 +276,27 @@ def analyze(
 
 # --- end to end on the real runtimes ------------------------------------------------------------
 
-# name -> (weight bits, per channel, CLE + bias correction); None bits = the float files.
-CONFIGS: dict[str, tuple[int | None, bool, bool]] = {
-    "float": (None, True, False),
-    "int8-per-tensor": (8, False, False),
-    "int8-per-channel": (8, True, False),
-    "int8-per-tensor-cle": (8, False, True),
-    "int8-per-channel-cle": (8, True, True),
-    "w6a8-per-channel": (6, True, False),
-    "w4a8-per-channel": (4, True, False),
-    # Where the per-tensor collapse appears and what equalisation does about it.
-    "w6a8-per-tensor": (6, False, False),
-    "w6a8-per-tensor-cle": (6, False, True),
-    "w4a8-per-tensor": (4, False, False),
-    "w4a8-per-tensor-cle": (4, False, True),
-    "w4a8-per-channel-cle": (4, True, True),
+# name -> (weight bits, per channel, remedies); None bits = the float files. Remedies: "" none,
+# "bc" bias correction (what `edgekit export --int8` does by default), "cle" cross-layer
+# equalisation + bias correction (`--equalize`).
+CONFIGS: dict[str, tuple[int | None, bool, str]] = {
+    "float": (None, True, ""),
+    "int8-per-tensor": (8, False, ""),
+    "int8-per-channel": (8, True, ""),
+    "int8-per-tensor-cle": (8, False, "cle"),
+    "int8-per-channel-cle": (8, True, "cle"),
+    "w6a8-per-channel": (6, True, ""),
+    "w4a8-per-channel": (4, True, ""),
+    # The export's default, and where the per-tensor collapse appears and what equalisation does.
+    "int8-per-channel-bc": (8, True, "bc"),
+    "w6a8-per-tensor": (6, False, ""),
+    "w6a8-per-tensor-cle": (6, False, "cle"),
+    "w4a8-per-tensor": (4, False, ""),
+    "w4a8-per-tensor-cle": (4, False, "cle"),
+    "w4a8-per-channel-cle": (4, True, "cle"),
 }
 DEFAULT_RUNTIMES = ("onnxruntime", "litert")
-CALIB_SAMPLES = 32
+CALIB_SAMPLES = DEFAULT_SAMPLES  # the export's default: the rows describe what it ships
 BIAS_BATCH = 16
 
 
@@ -316,10 +320,11 @@ def prepare_model(model: Any, config: str, calib: np.ndarray) -> Any:
     from calibration.equalize import bias_correct, cross_layer_equalize, fold_batchnorm
     from calibration.fakequant import fake_quantize_weights_
 
-    bits, per_channel, cle = CONFIGS[config]
+    bits, per_channel, remedies = CONFIGS[config]
     prepared = fold_batchnorm(copy.deepcopy(model).eval())
-    if cle:
+    if remedies == "cle":
         cross_layer_equalize(prepared)
+    if remedies:
         batches = [calib[i : i + BIAS_BATCH] for i in range(0, len(calib), BIAS_BATCH)]
         bias_correct(prepared, batches, weight_bits=bits, per_channel=per_channel)
     if bits is not None and bits < 8:
@@ -338,6 +343,10 @@ def write_artifacts(
     bits, per_channel, _ = CONFIGS[config]
     folder.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(calib[:1])
+    if bits is not None:  # as the int8 export does: hard-swish/hard-sigmoid on the int8 fast path
+        from exporters.rewrites import int8_friendly_copy
+
+        model, _ = int8_friendly_copy(model)
     files = {}
     if "onnxruntime" in runtimes:
         files["onnxruntime"] = folder / ("model.onnx" if bits is None else "model_int8.onnx")
