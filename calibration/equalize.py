@@ -21,10 +21,11 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         "spread_after"} (spreads: median over conv1 layers of the max/min ratio of channel ranges).
 
     bias_correct(model, calib_batches, weight_bits=8, per_channel=True) -> dict
-        Empirical bias correction (Nagel et al. 2019, section 4.2): for each conv/linear layer,
-        E[W_q x] - E[W x] per output channel over the calibration tensors (x = the float model's
-        input to that layer, W_q = W on the symmetric weight grid the int8 quantiser will use), is
-        subtracted from the bias, so the deployed layer's expected output matches the float one.
+        Empirical bias correction (Nagel et al. 2019, section 4.2): layer by layer in network
+        order, E[y_q] - E[y] per output channel over the calibration tensors is subtracted from
+        the bias, y_q being the layer's output with every weight on the symmetric grid the int8
+        quantiser will use and every earlier layer already corrected (so what upstream errors
+        still shift through the nonlinearities is corrected too), y the float output.
         Returns {"layers", "max_abs_shift", "mean_abs_shift"}.
 
 The graph walk uses torch.fx (the zoo's shape-dependent "SAME" padding is a leaf call,
@@ -283,48 +284,72 @@ def cross_layer_equalize(
 # --- bias correction ----------------------------------------------------------------------------
 
 
-def _weight_error_output(module: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(W_q - W) applied to the layer's input, per output channel, summed over all but channels."""
-    if isinstance(module, nn.Linear):
-        y = nn.functional.linear(x, delta)
-        return y.reshape(-1, y.shape[-1]).sum(dim=0), y.numel() // y.shape[-1]
-    y = nn.functional.conv2d(x, delta, None, module.stride, module.padding, module.dilation, module.groups)
-    return y.sum(dim=(0, 2, 3)), y.numel() // y.shape[1]
+def _channel_mean(out: torch.Tensor) -> torch.Tensor:
+    """Per-channel (axis 1, or the last axis of a linear's output) mean over everything else."""
+    if out.dim() == 4:
+        return out.double().mean(dim=(0, 2, 3))
+    return out.double().reshape(-1, out.shape[-1]).mean(dim=0)
+
+
+def _channel_shape(out: torch.Tensor) -> tuple[int, ...]:
+    return (1, -1, 1, 1) if out.dim() == 4 else (1, -1)
 
 
 @torch.no_grad()
 def bias_correct(
     model: nn.Module, calib_batches: Iterable[Any], weight_bits: int = 8, per_channel: bool = True
 ) -> dict[str, Any]:
-    """Subtract the expected output error of quantised weights, E[(W_q - W) x], from each bias."""
+    """Empirical bias correction of the quantised weights' error, layer by layer in network order.
+
+    Per calibration batch: the float model's per-channel mean output of every conv/linear, then the
+    same with every weight on its ``weight_bits`` grid, where each layer's output is corrected
+    before the next layer reads it (so a layer's shift includes what its corrected predecessors
+    still pass on). The shifts, averaged over batches, are subtracted from the biases.
+    """
     layers = [m for _, m in quant_layers(model) if getattr(m, "padding_mode", "zeros") == "zeros"]
-    deltas = {id(m): quantize_weight(m.weight, weight_bits, per_channel) - m.weight.detach() for m in layers}
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
+    float_weights = {id(m): m.weight.detach().clone() for m in layers}
+    grid_weights = {id(m): quantize_weight(m.weight, weight_bits, per_channel) for m in layers}
+    float_means: dict[int, torch.Tensor] = {}
+    shifts: dict[int, torch.Tensor] = {}
+    batches = 0
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        total, n = _weight_error_output(module, inputs[0], deltas[id(module)])
-        sums[id(module)] = sums.get(id(module), 0) + total.double()
-        counts[id(module)] = counts.get(id(module), 0) + n
+    def record(module: nn.Module, _inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        float_means[id(module)] = _channel_mean(out)
 
-    handles = [m.register_forward_hook(hook) for m in layers]
+    def correct(module: nn.Module, _inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        shift = _channel_mean(out) - float_means[id(module)]
+        shifts[id(module)] = shifts.get(id(module), 0) + shift
+        return out - shift.to(out.dtype).reshape(_channel_shape(out))
+
+    def set_weights(table: dict[int, torch.Tensor]) -> None:
+        for m in layers:
+            m.weight.copy_(table[id(m)])
+
     try:
         for batch in calib_batches:
-            model(torch.as_tensor(np.asarray(batch, dtype=np.float32)))
+            x = torch.as_tensor(np.asarray(batch, dtype=np.float32))
+            for hook, weights in ((record, float_weights), (correct, grid_weights)):
+                set_weights(weights)
+                handles = [m.register_forward_hook(hook) for m in layers]
+                try:
+                    model(x)
+                finally:
+                    for h in handles:
+                        h.remove()
+            batches += 1
     finally:
-        for h in handles:
-            h.remove()
-    shifts = []
+        set_weights(float_weights)
+    applied = []
     for m in layers:
-        if id(m) not in sums:
-            continue
-        err = (sums[id(m)] / counts[id(m)]).to(m.weight.dtype)
-        bias = m.bias if m.bias is not None else torch.zeros(err.shape[0], dtype=m.weight.dtype)
-        m.bias = nn.Parameter(bias - err)
-        shifts.append(err.abs())
-    allshift = torch.cat(shifts) if shifts else torch.zeros(1)
+        if id(m) not in shifts:
+            continue  # not reached by the forward pass
+        shift = (shifts[id(m)] / batches).to(m.weight.dtype)
+        bias = m.bias if m.bias is not None else torch.zeros(shift.shape[0], dtype=m.weight.dtype)
+        m.bias = nn.Parameter(bias - shift)
+        applied.append(shift.abs())
+    allshift = torch.cat(applied) if applied else torch.zeros(1)
     return {
-        "layers": len(shifts),
+        "layers": len(applied),
         "max_abs_shift": float(allshift.max()),
         "mean_abs_shift": float(allshift.mean()),
     }
