@@ -36,6 +36,7 @@ to nn.Sequential neighbours for BN folding and gets no equalisation pairs (the r
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -278,6 +279,180 @@ def cross_layer_equalize(
         "scale_max": float(scales.max()),
         "spread_before": before,
         "spread_after": _median_spread(model, conv1s),
+    }
+
+
+# --- activation equalisation of residual streams -------------------------------------------------
+
+_ADDS = (operator.add, torch.add)
+
+
+@dataclass
+class _Stream:
+    """Tensors that must share one per-channel scale (a residual stream joined by adds), the convs
+    that produce them (output channels absorb 1/s) and the convs that read them (inputs absorb s)."""
+
+    members: list[Any]
+    producers: list[str]
+    consumers: list[str]
+
+
+def _source(model: nn.Module, node: Any) -> Any:
+    while isinstance(_module_of(model, node), _SKIP) and node.args:
+        node = node.args[0]
+    return node
+
+
+def _readers(model: nn.Module, node: Any) -> list[Any]:
+    """The nodes reading ``node``, looking through folded BNs, dropout and zero padding."""
+    found = []
+    for user in node.users:
+        if isinstance(_module_of(model, user), _SKIP) or user.target in _ZERO_PADS:
+            found += _readers(model, user)
+        else:
+            found.append(user)
+    return found
+
+
+def _is_add(node: Any) -> bool:
+    return node.op == "call_function" and node.target in _ADDS and len(node.args) == 2
+
+
+def _find_streams(model: nn.Module, graph: Any) -> list[_Stream]:
+    counts = _call_counts(graph)
+    group: dict[Any, int] = {}
+    members: list[set[Any]] = []
+    for node in graph.nodes:  # union of each add with its two operands
+        if not _is_add(node) or not all(isinstance(a, torch.fx.Node) for a in node.args):
+            continue
+        joined = {node, *(_source(model, a) for a in node.args)}
+        ids = sorted({group[n] for n in joined if n in group})
+        if ids:
+            target = ids[0]
+            for other in ids[1:]:
+                joined |= members[other]
+                members[other] = set()
+        else:
+            target = len(members)
+            members.append(set())
+        members[target] |= joined
+        for n in members[target]:
+            group[n] = target
+    for node in graph.nodes:  # a conv read by convs only: a stream of one tensor
+        conv = _module_of(model, node)
+        if isinstance(conv, nn.Conv2d) and node not in group:
+            readers = _readers(model, node)
+            if readers and all(isinstance(_module_of(model, r), nn.Conv2d) for r in readers):
+                group[node] = len(members)
+                members.append({node})
+    streams = []
+    for tensors in members:
+        stream = _check_stream(model, tensors, counts) if tensors else None
+        if stream is not None:
+            streams.append(stream)
+    return streams
+
+
+def _check_stream(model: nn.Module, tensors: set[Any], counts: dict[str, int]) -> _Stream | None:
+    """The stream's producers and consumers, or None when something else touches its tensors."""
+    producers, consumers = [], []
+    channels = None
+    for node in tensors:
+        if _is_add(node):
+            pass
+        elif isinstance(_module_of(model, node), nn.Conv2d) and counts[node.target] == 1:
+            producers.append(node.target)
+        else:
+            return None  # the network input, an activation, a pool...: not a linear stream
+        for reader in _readers(model, node):
+            if reader in tensors and _is_add(reader):
+                continue
+            conv = _module_of(model, reader)
+            if not isinstance(conv, nn.Conv2d) or counts[reader.target] != 1:
+                return None
+            consumers.append(reader.target)
+    for name in producers:
+        out = model.get_submodule(name).out_channels
+        if channels not in (None, out):
+            return None
+        channels = out
+    if not producers or not consumers:
+        return None
+    if any(model.get_submodule(name).in_channels != channels for name in consumers):
+        return None
+    return _Stream(sorted(tensors, key=lambda n: n.name), producers, sorted(set(consumers)))
+
+
+class _Ranges(torch.fx.Interpreter):
+    """Runs the traced model, keeping the per-channel max |x| of the stream tensors."""
+
+    def __init__(self, module: nn.Module, graph: Any, watched: set[str]) -> None:
+        super().__init__(torch.fx.GraphModule(module, graph))
+        self.watched = watched
+        self.ranges: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: Any) -> Any:
+        out = super().run_node(n)
+        if n.name in self.watched:
+            r = out.detach().abs().amax(dim=(0, 2, 3))
+            self.ranges[n.name] = torch.maximum(self.ranges[n.name], r) if n.name in self.ranges else r
+        return out
+
+
+def _spread(ranges: torch.Tensor) -> float:
+    """max / median of per-channel ranges: how much the largest channel coarsens the others' grid."""
+    positive = ranges[ranges > 0]
+    return float(positive.max() / positive.median()) if positive.numel() else 1.0
+
+
+@torch.no_grad()
+def equalize_streams(model: nn.Module, calib_batches: Iterable[Any], alpha: float = 0.5) -> dict[str, Any]:
+    """Equalise the per-channel activation ranges of linear streams (residual adds of linear
+    bottlenecks, conv -> conv links) against the weights that read them, in place; exact in float.
+
+    A stream's channel c is divided by s_c = a_c^alpha / w_c^(1 - alpha) (a = its activation range
+    over the calibration tensors, w = the readers' weight range on that input channel; geometric
+    mean 1): every producing conv's output channel c absorbs 1/s_c, every reading conv's input
+    channel c absorbs s_c. With alpha = 0.5 both end with range sqrt(a_c w_c), as cross-layer
+    equalisation does for weight pairs (SmoothQuant's migration, Xiao et al. 2022,
+    https://arxiv.org/abs/2211.10438). Per-tensor activation grids then are not set by a few
+    large channels. Folds BN first.
+    """
+    fold_batchnorm(model)
+    graph = _trace(model)
+    streams = _find_streams(model, graph) if graph is not None else []
+    watched = {n.name for st in streams for n in st.members}
+    interp = _Ranges(model, graph, watched) if streams else None
+    if interp is not None:
+        for batch in calib_batches:
+            interp.run(torch.as_tensor(np.asarray(batch, dtype=np.float32)))
+    before, after = [], []
+    for st in streams:
+        act = torch.stack([interp.ranges[n.name] for n in st.members]).amax(dim=0)
+        weight = torch.stack([input_ranges(model.get_submodule(c)) for c in st.consumers]).amax(dim=0)
+        valid = (act > 0) & (weight > 0)
+        if not bool(valid.any()):
+            continue
+        s = torch.ones_like(act)
+        s[valid] = act[valid] ** alpha / weight[valid] ** (1 - alpha)
+        s[valid] /= s[valid].log().mean().exp()
+        for name in st.producers:
+            conv = model.get_submodule(name)
+            conv.weight.div_(s.reshape(-1, 1, 1, 1))
+            if conv.bias is not None:
+                conv.bias.div_(s)
+        for name in st.consumers:
+            _scale_input_channels(model.get_submodule(name), s)
+        before.append(_spread(act))
+        after.append(_spread(act / s))
+    return {
+        "streams": len(before),
+        "tensors": sum(len(st.members) for st in streams),
+        "alpha": alpha,
+        "spread_before_max": max(before, default=None),
+        "spread_after_max": max(after, default=None),
+        "spread_before_median": float(np.median(before)) if before else None,
+        "spread_after_median": float(np.median(after)) if after else None,
     }
 
 

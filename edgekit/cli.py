@@ -108,6 +108,11 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--skip-bad-images", is_flag=True, help="Warn and skip unreadable images instead of failing.")
 @click.option("--equalize", is_flag=True, help="Cross-layer equalisation before int8 export.")
 @click.option(
+    "--equalize-streams/--no-equalize-streams",
+    default=None,
+    help="Balance residual streams' channel ranges against the weights reading them (default on).",
+)
+@click.option(
     "--bias-correct/--no-bias-correct",
     default=None,
     help="Empirical bias correction of the int8 weights' error (default on).",

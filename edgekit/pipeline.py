@@ -39,6 +39,7 @@ QUANT_OPTIONS = (
     "symmetric_activations",
     "skip_bad_images",
     "equalize",
+    "equalize_streams",
     "bias_correct",
 )
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")

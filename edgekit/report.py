@@ -104,6 +104,14 @@ def _remedy_change(remedy: dict) -> str:
             f"{remedy['pairs']} conv pairs in {remedy['sweeps']} sweeps, scales "
             f"{remedy['scale_min']:.3g}..{remedy['scale_max']:.3g} (ReLU6: {remedy['relu6']}){spread}"
         )
+    if remedy["name"] == "equalize_streams":
+        if not remedy["streams"]:
+            return "no linear stream in this network (nothing changed)"
+        return (
+            f"{remedy['streams']} streams ({remedy['tensors']} tensors) rescaled per channel "
+            f"(alpha {remedy['alpha']}); worst channel-range spread (max/median) "
+            f"{remedy['spread_before_max']:.3g}x -> {remedy['spread_after_max']:.3g}x"
+        )
     if remedy["name"] == "bias_correct":
         return (
             f"{remedy['layers']} layers' biases shifted by the expected int8 weight error "

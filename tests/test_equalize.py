@@ -172,3 +172,47 @@ def test_efficientnet_lite_same_padding_is_traced_and_equalised() -> None:
     assert report["pairs"] == 34
     assert report["spread_after"] < report["spread_before"]
     assert _rel_err(out, ref) < 1e-4
+
+
+def test_stream_equalisation_is_exact_and_evens_out_a_loud_channel() -> None:
+    """One channel of MobileNetV2's 160-channel residual stream made 30x louder: after stream
+    equalisation the stream's channel ranges are even again, the float function unchanged."""
+    from calibration.equalize import equalize_streams
+    from edgekit.zoo.mobilenet_v2 import MobileNetV2
+
+    torch.manual_seed(0)
+    model = fold_batchnorm(_randomize_bn(MobileNetV2(num_classes=10)))
+    with torch.no_grad():
+        for i in (14, 15, 16):  # the stage's three projections write channel 0 of the stream
+            project = model.features[i].conv[2]
+            project.weight[0] *= 30.0
+            project.bias[0] *= 30.0
+    calib = [torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(x)
+    report = equalize_streams(model, calib)
+    with torch.no_grad():
+        out = model(x)
+    assert report["streams"] == 7 and report["tensors"] == 27
+    assert report["spread_before_max"] > 10 and report["spread_after_max"] < report["spread_before_max"] / 3
+    assert _rel_err(out, ref) < 1e-4
+
+
+def test_streams_skip_what_is_not_linear() -> None:
+    """A residual add followed by ReLU (ResNet-style) is no linear stream: nothing is rescaled."""
+    from calibration.equalize import equalize_streams
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.b(torch.relu(self.a(x))))
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), Residual(), Residual()).eval()
+    before = [p.clone() for p in model.parameters()]
+    report = equalize_streams(model, [torch.randn(4, 3, 16, 16)])
+    assert report["streams"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

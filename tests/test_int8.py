@@ -45,20 +45,25 @@ def test_int8_files_and_manifest(int8_dir):
     assert len(calib["activation_ranges"]["onnx"]) > 50 and len(calib["activation_ranges"]["tflite"]) > 30
     for lo, hi in calib["activation_ranges"]["onnx"].values():
         assert lo <= 0.0 <= hi
-    # Bias correction runs by default, on every conv/linear layer (52 convs + the classifier).
-    (remedy,) = calib["remedies"]
-    assert remedy["name"] == "bias_correct" and remedy["layers"] == 53 and remedy["max_abs_shift"] > 0
-    # The export's report says how the int8 files were made and what the remedy changed.
+    # Stream equalisation and bias correction run by default: MobileNetV2's 7 linear streams (the
+    # residual stages and the last block's link to the head), every conv/linear's bias (52 + 1).
+    streams, bias = calib["remedies"]
+    assert streams["name"] == "equalize_streams" and streams["streams"] == 7
+    assert bias["name"] == "bias_correct" and bias["layers"] == 53 and bias["max_abs_shift"] > 0
+    # The export's report says how the int8 files were made and what each remedy changed.
     report = (int8_dir / "report.md").read_text()
-    assert "calibration: builtin, 16 samples" in report and "remedy bias_correct: 53 layers" in report
+    assert "calibration: builtin, 16 samples" in report
+    assert "remedy equalize_streams: 7 streams" in report and "remedy bias_correct: 53 layers" in report
 
 
 def test_remedies_default_and_switches():
     from calibration.int8 import remedies_asked
 
-    assert remedies_asked({}) == {"equalize": False, "bias_correct": True}
-    assert remedies_asked({"bias_correct": None, "equalize": True}) == {"equalize": True, "bias_correct": True}
-    assert remedies_asked({"bias_correct": False}) == {"equalize": False, "bias_correct": False}
+    defaults = {"equalize": False, "equalize_streams": True, "bias_correct": True}
+    assert remedies_asked({}) == defaults
+    assert remedies_asked({"bias_correct": None, "equalize": True}) == {**defaults, "equalize": True}
+    off = {"bias_correct": False, "equalize_streams": False}
+    assert remedies_asked(off) == {"equalize": False, **off}
 
 
 @pytest.mark.parametrize("fmt", ["onnx-int8", "tflite-int8"])

@@ -29,7 +29,7 @@ REQUIRED_LITERT = (
     "int8-per-channel-cle",
     "w6a8-per-channel",
     "w4a8-per-channel",
-    "int8-per-channel-bc",
+    "int8-per-channel-default",
     "w6a8-per-tensor-cle",
 )
 
@@ -173,8 +173,8 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
         *[f"- End to end: {results[part]['method']}." for part in PARTS[1:] if part in results],
         "- `-cle` rows: BN folded, cross-layer equalisation (Nagel et al. 2019; ReLU6 kept exact as a",
         "  per-channel clamp(0, 6/s)), then empirical bias correction for the weight grid of the row;",
-        "  `-bc` rows: bias correction alone (what `edgekit export --int8` ships by default); rows",
-        "  without a suffix: no remedy at all.",
+        "  `-default` rows: what `edgekit export --int8` ships (stream equalisation + bias correction);",
+        "  rows without a suffix: no remedy at all.",
         "- Calibration: the export's default, seeded crops of the built-in photographs, so the measured",
         "  ImageNet images are held out from every int8 file.",
         "- W6A8/W4A8: the float weights are rounded onto the symmetric 6/4-bit per-channel (or",
