@@ -19,7 +19,17 @@ from typing import Any
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagenet-sample"
 
 
-PARTS = ("layers", "onnxruntime", "litert")
+PARTS = ("layers", "onnxruntime", "litert", "efficientnet_lite0")
+MOBILENET_RUNTIMES = ("onnxruntime", "litert")  # the parts holding MobileNetV2's end-to-end rows
+# EfficientNet-Lite0 end to end (both runtimes): what equalisation does where fx once found no pairs.
+EFFICIENTNET_CONFIGS = (
+    "float",
+    "int8-per-tensor",
+    "int8-per-channel",
+    "int8-per-tensor-cle",
+    "int8-per-channel-cle",
+    "int8-per-channel-default",
+)
 # LiteRT int8 conversion is the slow step (minutes per file): the seven main configurations only.
 REQUIRED_LITERT = (
     "float",
@@ -52,15 +62,17 @@ def measure(part: str, data: str, limit: int | None, litert_configs: list[str]) 
             "efficientnet_lite0", pretrained=True, bits=8, data=data, limit=limit, end_to_end=False
         )
         return {"mobilenet_v2": main, "low_bits": low_bits, "efficientnet_lite0": lite}
-    model, spec = depthwise.load_model("mobilenet_v2", pretrained=True)
+    name = "efficientnet_lite0" if part == "efficientnet_lite0" else "mobilenet_v2"
+    model, spec = depthwise.load_model(name, pretrained=True)
     x, labels, source = depthwise.load_images(data, spec, limit)
     # The export's default calibration (built-in photographs): the measured images stay held out.
     calib = depthwise.calibration_tensors(None, spec)
-    configs = litert_configs if part == "litert" else None
-    rows = depthwise.run_configs(model, x, labels, calib.tensors, configs=configs, runtimes=[part])
+    configs = {"litert": litert_configs, "efficientnet_lite0": list(EFFICIENTNET_CONFIGS)}.get(part)
+    runtimes = list(MOBILENET_RUNTIMES) if part == "efficientnet_lite0" else [part]
+    rows = depthwise.run_configs(model, x, labels, calib.tensors, configs=configs, runtimes=runtimes)
     method = (
-        f"real files on {part}, 1 thread; images: {source}; calibration: {calib.source} "
-        f"({len(calib.tensors)} images)"
+        f"{name}, real files on {', '.join(runtimes)}, 1 thread; images: {source}; "
+        f"calibration: {calib.source} ({len(calib.tensors)} images)"
     )
     return {"end_to_end": rows, "method": method}
 
@@ -153,7 +165,7 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
 
     layers = results["layers"]
     main, lite = layers["mobilenet_v2"], layers["efficientnet_lite0"]
-    rows = [r for part in PARTS[1:] if part in results for r in results[part]["end_to_end"]]
+    rows = [r for part in MOBILENET_RUNTIMES if part in results for r in results[part]["end_to_end"]]
     rows = [r for i, r in enumerate(rows) if r["runtime"] != "torch" or r not in rows[:i]]
     rel = img_dir.relative_to(out.parent) if img_dir.is_relative_to(out.parent) else img_dir
     plot_analysis(main, img_dir / "depthwise_sqnr.png", panels=("sqnr",))
@@ -170,7 +182,7 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
         f"- Model: torchvision-layout MobileNetV2, ImageNet weights; images: {main['images']}.",
         f"- Per layer: {main['method']}; sensitivity on {main['sensitivity_images']} images.",
         "- Spread = max/min of the per-output-channel max |w| (BN folded, as deployed).",
-        *[f"- End to end: {results[part]['method']}." for part in PARTS[1:] if part in results],
+        *[f"- End to end: {results[part]['method']}." for part in MOBILENET_RUNTIMES if part in results],
         "- `-cle` rows: BN folded, cross-layer equalisation (Nagel et al. 2019; ReLU6 kept exact as a",
         "  per-channel clamp(0, 6/s)), then empirical bias correction for the weight grid of the row;",
         "  `-default` rows: what `edgekit export --int8` ships (stream equalisation + bias correction);",
@@ -222,6 +234,14 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
         f"![EfficientNet-Lite0 weight SQNR by layer]({rel}/depthwise_sqnr_efficientnet_lite0.png)",
         "",
     ]
+    if "efficientnet_lite0" in results:
+        lines += [
+            'End to end (TF "SAME" padding is a leaf call for torch.fx now, so equalisation finds its',
+            f"pairs): {results['efficientnet_lite0']['method']}.",
+            "",
+            *e2e_table(results["efficientnet_lite0"]["end_to_end"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
