@@ -17,50 +17,16 @@ from torch import nn
 QUANT_LAYERS = (nn.Conv2d, nn.Linear)
 
 
-def quantize_weight(
-    weight: torch.Tensor, bits: int = 8, per_channel: bool = True, clip: str | None = None
-) -> torch.Tensor:
-    """Round ``weight`` onto the symmetric ``bits`` grid (axis 0 = output channels); returns floats.
-
-    ``clip``: "max" puts the grid's end at max |w| (what the int8 runtimes' quantisers do, so it
-    is the rule at 8 bits); "mse" picks, per tensor or channel, the end that minimises the squared
-    rounding + clipping error (what low-bit quantisers do: at 6 or 4 bits one outlier weight
-    otherwise coarsens the grid for all the others). Default: :func:`weight_clip` of ``bits``.
-    """
+def quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """Round ``weight`` onto the symmetric ``bits`` grid (axis 0 = output channels); returns floats."""
     levels = 2 ** (bits - 1) - 1
     w = weight.detach()
     if per_channel:
         peak = w.abs().reshape(w.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
     else:
         peak = w.abs().amax()
-    if (clip or weight_clip(bits)) == "mse":
-        peak = _mse_peak(w, peak, levels, per_channel)
     scale = torch.clamp(peak, min=torch.finfo(w.dtype).tiny) / levels
     return torch.clamp(torch.round(w / scale), -levels, levels) * scale
-
-
-def weight_clip(bits: int) -> str:
-    """The weight-range rule at ``bits``: "max" at 8 bits and above (as the runtimes), "mse" below."""
-    return "max" if bits >= 8 else "mse"
-
-
-CLIP_FRACTIONS = torch.linspace(0.3, 1.0, 71)  # candidate grid ends, as fractions of max |w|
-
-
-def _mse_peak(w: torch.Tensor, peak: torch.Tensor, levels: int, per_channel: bool) -> torch.Tensor:
-    """The grid end (fraction of ``peak``) with the least squared error, per channel or per tensor."""
-    dims = tuple(range(1, w.dim())) if per_channel else tuple(range(w.dim()))
-    best_err = torch.full_like(peak, float("inf"))
-    best = peak.clone()
-    for fraction in CLIP_FRACTIONS:
-        candidate = peak * fraction
-        scale = torch.clamp(candidate, min=torch.finfo(w.dtype).tiny) / levels
-        err = (torch.clamp(torch.round(w / scale), -levels, levels) * scale - w).pow(2)
-        err = err.sum(dim=dims, keepdim=True) if per_channel else err.sum()
-        better = err < best_err
-        best = torch.where(better, candidate, best)
-        best_err = torch.where(better, err, best_err)
-    return best
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
