@@ -276,9 +276,10 @@ def analyze(
 
 # --- end to end on the real runtimes ------------------------------------------------------------
 
-# name -> (weight bits, per channel, remedies); None bits = the float files. Remedies: "" none,
-# "cle" cross-layer equalisation + bias correction (the paper's recipe), "default" what
-# `edgekit export --int8` ships (stream equalisation + bias correction).
+# name -> (weight bits, per channel, remedies); None bits = the float files. Remedies, as the
+# export's flags: "" none (`--no-equalize-streams --no-bias-correct`), "default" what
+# `edgekit export --int8` ships (stream equalisation + bias correction), "cle" `--equalize` on top
+# (cross-layer equalisation of conv pairs first, then the defaults).
 CONFIGS: dict[str, tuple[int | None, bool, str]] = {
     "float": (None, True, ""),
     "int8-per-tensor": (8, False, ""),
@@ -325,7 +326,7 @@ def prepare_model(model: Any, config: str, calib: np.ndarray) -> Any:
     batches = [calib[i : i + BIAS_BATCH] for i in range(0, len(calib), BIAS_BATCH)]
     if remedies == "cle":
         cross_layer_equalize(prepared)
-    if remedies == "default":
+    if remedies in ("cle", "default"):
         equalize_streams(prepared, batches)
     if remedies:
         bias_correct(prepared, batches, weight_bits=bits, per_channel=per_channel)
