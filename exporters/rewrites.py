@@ -107,7 +107,8 @@ BINARY_OPS = ("add.Tensor", "mul.Tensor", "sub.Tensor")
 def fast_path_quantizer(config: Any) -> Any:
     """litert-torch's PT2EQuantizer with ``config`` global, whose ``annotate`` first fuses ReLU6
     into its producer (:func:`annotate_fused_relu6`) and afterwards gives every still-unannotated
-    float add/mul/sub int8 inputs and output (the same activation spec)."""
+    float add/mul/sub int8 inputs and output (the same activation spec) and every channel gather
+    its input's range (:func:`annotate_gathers`)."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
     class FastPathQuantizer(PT2EQuantizer):
@@ -115,6 +116,7 @@ def fast_path_quantizer(config: Any) -> Any:
             annotate_fused_relu6(model, self.global_config)
             model = super().annotate(model)
             annotate_binary_ops(model, self.global_config)
+            annotate_gathers(model)
             return model
 
     return FastPathQuantizer().set_global(config)
@@ -196,6 +198,28 @@ def annotate_binary_ops(model: torch.fx.GraphModule, config: Any) -> int:
     return done
 
 
+def annotate_gathers(model: torch.fx.GraphModule) -> int:
+    """index_select of a quantised tensor shares its input's int8 range (a gather moves values, it
+    does not change them). Unannotated, its DEQUANTIZE input stops litert-torch's NHWC layout pass
+    ("non-NHWC compatible node": CondenseNet's channel selections failed to convert)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    done = 0
+    for node in model.graph.nodes:
+        if node.target != torch.ops.aten.index_select.default or "quantization_annotation" in node.meta:
+            continue
+        source = node.args[0]
+        annotation = source.meta.get("quantization_annotation") if isinstance(source, torch.fx.Node) else None
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        shared = SharedQuantizationSpec(source)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={source: shared}, output_qspec=shared, _annotated=True
+        )
+        done += 1
+    return done
+
+
 def _is_float(node: torch.fx.Node) -> bool:
     val = node.meta.get("val")
     return isinstance(val, torch.Tensor) and val.is_floating_point()
@@ -206,6 +230,7 @@ __all__ = [
     "HardSwishDecomposed",
     "annotate_binary_ops",
     "annotate_fused_relu6",
+    "annotate_gathers",
     "fast_path_quantizer",
     "int8_friendly",
     "int8_friendly_copy",

@@ -225,6 +225,35 @@ def test_tflite_int8_relu6_is_fused_with_its_range_from_zero(tmp_path: Path) -> 
     assert zero_points[2] > -128  # the linear 1x1 conv output is signed
 
 
+class _Select(nn.Module):
+    """CondenseNet's pattern: a channel gather of a quantised tensor, then BN -> ReLU -> conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.register_buffer("index", torch.tensor([6, 1, 3, 0]))
+        self.body = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(self.body(torch.cat([x, torch.index_select(x, 1, self.index)], 1)[:, 8:]))
+
+
+def test_tflite_int8_converts_a_channel_gather(tmp_path: Path) -> None:
+    """Without annotate_gathers litert-torch's layout pass stopped at the gather's DEQUANTIZE."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from calibration import tflite_int8
+
+    torch.manual_seed(0)
+    path = tmp_path / "gather.tflite"
+    tflite_int8.quantize_tflite(_Select().eval(), path, _calib(), method="minmax")
+    interp = Interpreter(model_path=str(path))
+    assert any(op["op_name"].startswith("GATHER") for op in interp._get_ops_details())
+    assert interp.get_output_details()[0]["dtype"] == np.int8
+
+
 def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> None:
     """bench.int8_vs_fp32 explains a slower int8 file with the ops LiteRT left outside XNNPACK."""
     from edgekit.bench import Job, int8_vs_fp32
