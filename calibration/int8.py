@@ -94,10 +94,11 @@ def remedies_asked(options: dict[str, Any]) -> dict[str, bool]:
 
 
 def apply_remedies(
-    model: Any, tensors: np.ndarray, options: dict[str, Any], per_channel: bool
+    model: Any, tensors: np.ndarray, options: dict[str, Any], per_channel: bool, weight_bits: int = 8
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Cross-layer equalisation, stream equalisation and bias correction on a copy of the float
-    model, as asked, in that order (bias correction last: it corrects the final weights)."""
+    model, as asked, in that order (bias correction last: it corrects the final weights, for the
+    ``weight_bits`` grid they will be rounded onto)."""
     asked = remedies_asked(options)
     if not any(asked.values()):
         return model, []
@@ -115,7 +116,7 @@ def apply_remedies(
     if asked["bias_correct"]:
         equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
         with one_thread():
-            report = equalize.bias_correct(model, batches, weight_bits=8, per_channel=per_channel)
+            report = equalize.bias_correct(model, batches, weight_bits, per_channel)
         remedies.append({"name": "bias_correct", **report})
     return model, remedies
 

@@ -298,7 +298,6 @@ CONFIGS: dict[str, tuple[int | None, bool, str]] = {
 }
 DEFAULT_RUNTIMES = ("onnxruntime", "litert")
 CALIB_SAMPLES = DEFAULT_SAMPLES  # the export's default: the rows describe what it ships
-BIAS_BATCH = 16
 
 
 def check_configs(configs: list[str] | None) -> list[str]:
@@ -316,20 +315,24 @@ def calibration_tensors(calib: str | None, spec: Any) -> Any:
     return calibration_set(calib, spec, CALIB_SAMPLES, seed=0)
 
 
+# The export options each remedy label stands for (calibration.int8.apply_remedies runs them).
+REMEDY_OPTIONS = {
+    "": {"equalize": False, "equalize_streams": False, "bias_correct": False},
+    "default": {},
+    "cle": {"equalize": True},
+}
+
+
 def prepare_model(model: Any, config: str, calib: np.ndarray) -> Any:
-    """A BN-folded copy of ``model`` as ``config`` deploys it (equalised, bias-corrected, N-bit weights)."""
-    from calibration.equalize import bias_correct, cross_layer_equalize, equalize_streams, fold_batchnorm
+    """A BN-folded copy of ``model`` as ``config`` deploys it: the export's remedies for the row's
+    flags (bias correction for its weight grid), then the weights on an N-bit grid below 8 bits."""
+    from calibration.equalize import fold_batchnorm
     from calibration.fakequant import fake_quantize_weights_
+    from calibration.int8 import apply_remedies
 
     bits, per_channel, remedies = CONFIGS[config]
     prepared = fold_batchnorm(copy.deepcopy(model).eval())
-    batches = [calib[i : i + BIAS_BATCH] for i in range(0, len(calib), BIAS_BATCH)]
-    if remedies == "cle":
-        cross_layer_equalize(prepared)
-    if remedies in ("cle", "default"):
-        equalize_streams(prepared, batches)
-    if remedies:
-        bias_correct(prepared, batches, weight_bits=bits, per_channel=per_channel)
+    prepared, _ = apply_remedies(prepared, calib, REMEDY_OPTIONS[remedies], per_channel, bits or 8)
     if bits is not None and bits < 8:
         fake_quantize_weights_(prepared, bits, per_channel)
     return prepared
