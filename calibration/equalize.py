@@ -472,7 +472,11 @@ def _channel_shape(out: torch.Tensor) -> tuple[int, ...]:
 
 @torch.no_grad()
 def bias_correct(
-    model: nn.Module, calib_batches: Iterable[Any], weight_bits: int = 8, per_channel: bool = True
+    model: nn.Module,
+    calib_batches: Iterable[Any],
+    weight_bits: int = 8,
+    per_channel: bool = True,
+    rounded: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Empirical bias correction of the quantised weights' error, layer by layer in network order.
 
@@ -480,10 +484,16 @@ def bias_correct(
     same with every weight on its ``weight_bits`` grid, where each layer's output is corrected
     before the next layer reads it (so a layer's shift includes what its corrected predecessors
     still pass on). The shifts, averaged over batches, are subtracted from the biases.
+    ``rounded`` ({layer name: weight}, e.g. from GPTQ) replaces nearest rounding where given.
     """
-    layers = [m for _, m in quant_layers(model) if getattr(m, "padding_mode", "zeros") == "zeros"]
+    named = [(n, m) for n, m in quant_layers(model) if getattr(m, "padding_mode", "zeros") == "zeros"]
+    layers = [m for _, m in named]
+    rounded = rounded or {}
     float_weights = {id(m): m.weight.detach().clone() for m in layers}
-    grid_weights = {id(m): quantize_weight(m.weight, weight_bits, per_channel) for m in layers}
+    grid_weights = {
+        id(m): rounded[n] if n in rounded else quantize_weight(m.weight, weight_bits, per_channel)
+        for n, m in named
+    }
     float_means: dict[int, torch.Tensor] = {}
     shifts: dict[int, torch.Tensor] = {}
     batches = 0

@@ -17,16 +17,21 @@ from torch import nn
 QUANT_LAYERS = (nn.Conv2d, nn.Linear)
 
 
-def quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
-    """Round ``weight`` onto the symmetric ``bits`` grid (axis 0 = output channels); returns floats."""
-    levels = 2 ** (bits - 1) - 1
+def weight_scale(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """The step of the symmetric ``bits`` grid (max rule), broadcastable against ``weight``."""
     w = weight.detach()
     if per_channel:
         peak = w.abs().reshape(w.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (w.dim() - 1)))
     else:
         peak = w.abs().amax()
-    scale = torch.clamp(peak, min=torch.finfo(w.dtype).tiny) / levels
-    return torch.clamp(torch.round(w / scale), -levels, levels) * scale
+    return torch.clamp(peak, min=torch.finfo(w.dtype).tiny) / (2 ** (bits - 1) - 1)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """Round ``weight`` onto the symmetric ``bits`` grid (axis 0 = output channels); returns floats."""
+    levels = 2 ** (bits - 1) - 1
+    scale = weight_scale(weight, bits, per_channel)
+    return torch.clamp(torch.round(weight.detach() / scale), -levels, levels) * scale
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

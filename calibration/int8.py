@@ -82,7 +82,7 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
 # mean output shift the int8 weight grid puts on every layer (weights-only logits SQNR 21.5 ->
 # 29.5 dB; +1 dB end to end). Pretrained MobileNetV2 per-channel; docs/int8.md. Cross-layer
 # equalisation is opt-in: it helps per-tensor weights, not per-channel ones.
-DEFAULT_REMEDIES = {"equalize": False, "equalize_streams": True, "bias_correct": True}
+DEFAULT_REMEDIES = {"equalize": False, "equalize_streams": True, "gptq": False, "bias_correct": True}
 
 
 def remedies_asked(options: dict[str, Any]) -> dict[str, bool]:
@@ -113,12 +113,29 @@ def apply_remedies(
     if asked["equalize_streams"]:
         with one_thread():
             remedies.append({"name": "equalize_streams", **equalize.equalize_streams(model, batches)})
-    if asked["bias_correct"]:
-        equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
+    equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
+    rounded = None
+    if asked["gptq"]:
+        from calibration.gptq import gptq_weights
+
         with one_thread():
-            report = equalize.bias_correct(model, batches, weight_bits, per_channel)
+            rounded, report = gptq_weights(model, batches, weight_bits, per_channel)
+        remedies.append({"name": "gptq", **report})
+    if asked["bias_correct"]:
+        with one_thread():
+            report = equalize.bias_correct(model, batches, weight_bits, per_channel, rounded)
         remedies.append({"name": "bias_correct", **report})
+    if rounded:
+        _load_weights(model, rounded)
     return model, remedies
+
+
+def _load_weights(model: Any, weights: dict[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, w in weights.items():
+            model.get_submodule(name).weight.copy_(w)
 
 
 def _onnx(

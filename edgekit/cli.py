@@ -112,6 +112,7 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
     default=None,
     help="Balance residual streams' channel ranges against the weights reading them (default on).",
 )
+@click.option("--gptq", is_flag=True, help="Round weights by GPTQ on the calibration data (default off).")
 @click.option(
     "--bias-correct/--no-bias-correct",
     default=None,

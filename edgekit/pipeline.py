@@ -24,7 +24,7 @@ from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
 from edgekit.report import int8_section
-from edgekit.verify import GATES, METHOD, reference_inputs, torch_logits, verify_file
+from edgekit.verify import GATES, METHOD, fp16_reference, reference_inputs, torch_logits, verify_file
 from edgekit.verify import check as check_gate
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ QUANT_OPTIONS = (
     "skip_bad_images",
     "equalize",
     "equalize_streams",
+    "gptq",
     "bias_correct",
 )
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "ai-edge-quantizer")
@@ -305,13 +306,20 @@ class _Checker:
         self.inputs = reference_inputs(built.spec, seed)
         self.references = {kind: torch_logits(built.model, batch) for kind, batch in self.inputs.items()}
         self.example = torch.from_numpy(self.inputs["random"][:1].copy())
+        self.model = built.model
+        self._fp16: dict[str, Any] | None = None
 
     def example_for(self, dynamic_batch: bool) -> Any:
         """torch.export specialises a batch of 1 to a constant: a symbolic batch needs 2 samples."""
         return self.example.repeat(2, 1, 1, 1) if dynamic_batch else self.example
 
     def verify(self, path: Path, fmt: str, precision: str, layout: str) -> dict[str, Any]:
-        return verify_file(path, fmt, precision, layout, self.inputs, self.references)
+        if precision != "fp16":
+            return verify_file(path, fmt, precision, layout, self.inputs, self.references)
+        if self._fp16 is None:
+            emulated = fp16_reference(self.model)
+            self._fp16 = {kind: torch_logits(emulated, batch) for kind, batch in self.inputs.items()}
+        return verify_file(path, fmt, precision, layout, self.inputs, self._fp16, self.references)
 
 
 def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: _Checker) -> dict[str, Any]:
@@ -430,11 +438,27 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
     lines += [
         "",
         f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {_gates(manifest)}.",
+        *_precision_cost(manifest),
         "",
     ]
     lines += int8_section(manifest)
     lines += _ops_section(manifest)
     return write_text(folder / "report.md", "\n".join(lines) + "\n")
+
+
+def _precision_cost(manifest: dict[str, Any]) -> list[str]:
+    """What fp16 weights cost against float32 (recorded, not gated: it depends on the network)."""
+    lines = []
+    for fmt, entry in manifest["files"].items():
+        cost = entry.get("verification", {}).get("vs_float32")
+        if cost:
+            rnd, img = cost["random"], cost["images"]
+            cos = min(rnd["cosine_min"], img["cosine_min"])
+            lines.append(
+                f"{fmt} against PyTorch float32 (the fp16 cost, not gated): max rel err "
+                f"{_fmt(rnd['max_rel_err'])} / {_fmt(img['max_rel_err'])}, cosine min {cos:.6f}."
+            )
+    return ["", *lines] if lines else []
 
 
 def _ops_section(manifest: dict[str, Any]) -> list[str]:

@@ -112,6 +112,13 @@ def _remedy_change(remedy: dict) -> str:
             f"(alpha {remedy['alpha']}); worst channel-range spread (max/median) "
             f"{remedy['spread_before_max']:.3g}x -> {remedy['spread_after_max']:.3g}x"
         )
+    if remedy["name"] == "gptq":
+        grid = "per-channel" if remedy["per_channel"] else "per-tensor"
+        return (
+            f"{remedy['layers']} layers rounded onto the {remedy['weight_bits']}-bit {grid} grid by GPTQ; "
+            f"layer output error on the calibration data vs nearest rounding: median "
+            f"{remedy['error_ratio_median']:.2f}x, worst {remedy['error_ratio_max']:.2f}x"
+        )
     if remedy["name"] == "bias_correct":
         return (
             f"{remedy['layers']} layers' biases shifted by the expected int8 weight error "

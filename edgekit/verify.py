@@ -23,19 +23,20 @@ from edgekit.errors import VerificationError
 # The documented gates, per precision (docs/export.md lists the measurements behind them).
 # fp32: only the summation order differs between engines; measured max_rel_err <= 2.1e-6 over
 #       the zoo at 96 px (random init), so 1e-4 leaves ~50x headroom yet catches any real bug.
-# fp16: weights rounded to 11 significant bits; measured max_rel_err 2.5e-4..1.0e-3 and cosine
-#       >= 0.9999994, so 1e-2 / 0.9999 leave ~10x headroom for trained, deeper networks.
+# fp16: judged against PyTorch with the same fp16-rounded weights (fp16_reference), so the gate
+#       checks the conversion, not the precision. What fp16 costs against float32 depends on the
+#       network (random-init ResNeXt-101: cosine 0.9974) and is recorded, not gated.
 GATES: dict[str, dict[str, float]] = {
     "fp32": {"max_rel_err": 1e-4, "min_cosine": 0.99999},
-    # fp16 weights: a random-init network (BN statistics from real images) measured up to 1.6e-2.
-    "fp16": {"max_rel_err": 5e-2, "min_cosine": 0.999},
+    "fp16": {"max_rel_err": 2e-3, "min_cosine": 0.99999},
 }
 N_RANDOM = 4
 N_IMAGES = 4
 ENGINES = {"onnx": "ONNX Runtime CPU", "tflite": "LiteRT + XNNPACK", "torch": "torch.export"}
 METHOD = (
     f"each file in its own engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
-    f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits"
+    f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits "
+    "(fp16 files: vs PyTorch with the same fp16-rounded weights)"
 )
 
 
@@ -59,6 +60,23 @@ def torch_logits(model: Any, batch: np.ndarray) -> np.ndarray:
 
     with torch.inference_mode():
         return model(torch.from_numpy(batch)).float().numpy()
+
+
+def fp16_reference(model: Any) -> Any:
+    """A copy of ``model`` computing what an fp16-weight file should: batch norm folded into the
+    convolutions (as the converter does), then every conv/linear weight rounded to float16."""
+    import copy
+
+    import torch
+
+    from calibration.equalize import fold_batchnorm
+    from calibration.fakequant import quant_layers
+
+    emulated = fold_batchnorm(copy.deepcopy(model).eval())
+    with torch.no_grad():
+        for _, layer in quant_layers(emulated):
+            layer.weight.copy_(layer.weight.half().float())
+    return emulated
 
 
 def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
@@ -175,22 +193,30 @@ def verify_file(
     layout: str,
     inputs: dict[str, np.ndarray],
     references: dict[str, np.ndarray],
+    float_references: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``)."""
-    figures = {
-        kind: compare(references[kind], run_file(path, fmt, layout, batch)) for kind, batch in inputs.items()
-    }
+    """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``).
+
+    ``references`` are what the file should compute (for fp16: :func:`fp16_reference`'s logits);
+    ``float_references``, when given, are the float32 model's: their figures go to ``vs_float32``,
+    ungated (what the precision costs)."""
+    outputs = {kind: run_file(path, fmt, layout, batch) for kind, batch in inputs.items()}
+    figures = {kind: compare(references[kind], out) for kind, out in outputs.items()}
     gate = GATES.get(precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]
     engine = ENGINES[fmt.split("-")[0]]
-    return {
+    against = "PyTorch with fp16-rounded weights" if float_references is not None else "PyTorch float32"
+    result = {
         **figures,
         "gate": gate,
         "passed": not failures,
         "failures": failures,
         "measured": f"{engine}, 1 thread, {layout} input; {len(inputs.get('random', []))} seeded N(0,1) "
-        f"tensors + {len(inputs.get('images', []))} built-in photos vs PyTorch float32",
+        f"tensors + {len(inputs.get('images', []))} built-in photos vs {against}",
     }
+    if float_references is not None:
+        result["vs_float32"] = {kind: compare(float_references[kind], out) for kind, out in outputs.items()}
+    return result
 
 
 def _failures(figures: dict[str, float], gate: dict[str, float]) -> list[str]:

@@ -56,14 +56,33 @@ def test_int8_files_and_manifest(int8_dir):
     assert "remedy equalize_streams: 7 streams" in report and "remedy bias_correct: 53 layers" in report
 
 
+def test_gptq_export_lists_the_remedy(tmp_path):
+    """`--gptq`: the weights are rounded by GPTQ before bias correction; the manifest and the
+    report say so, and the int8 file still agrees with float."""
+    from edgekit import pipeline
+
+    out = tmp_path / "gptq"
+    pipeline.export(
+        "mobilenet_v2", out_dir=out, resolution=RESOLUTION, formats=["onnx"], int8=True, gptq=True, **OPTIONS
+    )
+    manifest = read_manifest(out)
+    remedies = manifest["calibration"]["remedies"]
+    assert [r["name"] for r in remedies] == ["equalize_streams", "gptq", "bias_correct"]
+    gptq = remedies[1]
+    assert gptq["layers"] == 53 and gptq["weight_bits"] == 8 and gptq["per_channel"] is True
+    assert gptq["error_ratio_median"] < 0.9  # per layer, output error on the calibration data vs nearest
+    assert "remedy gptq: 53 layers rounded onto the 8-bit per-channel grid" in (out / "report.md").read_text()
+    assert manifest["files"]["onnx-int8"]["verification"]["images"]["cosine_min"] > 0.6
+
+
 def test_remedies_default_and_switches():
     from calibration.int8 import remedies_asked
 
-    defaults = {"equalize": False, "equalize_streams": True, "bias_correct": True}
+    defaults = {"equalize": False, "equalize_streams": True, "gptq": False, "bias_correct": True}
     assert remedies_asked({}) == defaults
     assert remedies_asked({"bias_correct": None, "equalize": True}) == {**defaults, "equalize": True}
     off = {"bias_correct": False, "equalize_streams": False}
-    assert remedies_asked(off) == {"equalize": False, **off}
+    assert remedies_asked(off) == {"equalize": False, "gptq": False, **off}
 
 
 @pytest.mark.parametrize("fmt", ["onnx-int8", "tflite-int8"])

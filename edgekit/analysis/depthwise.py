@@ -295,6 +295,9 @@ CONFIGS: dict[str, tuple[int | None, bool, str]] = {
     "w4a8-per-tensor": (4, False, ""),
     "w4a8-per-tensor-cle": (4, False, "cle"),
     "w4a8-per-channel-cle": (4, True, "cle"),
+    "w6a8-per-tensor-cle-gptq": (6, False, "cle-gptq"),
+    "w4a8-per-channel-cle-gptq": (4, True, "cle-gptq"),
+    "int8-per-tensor-cle-gptq": (8, False, "cle-gptq"),
 }
 DEFAULT_RUNTIMES = ("onnxruntime", "litert")
 CALIB_SAMPLES = DEFAULT_SAMPLES  # the export's default: the rows describe what it ships
@@ -320,6 +323,7 @@ REMEDY_OPTIONS = {
     "": {"equalize": False, "equalize_streams": False, "bias_correct": False},
     "default": {},
     "cle": {"equalize": True},
+    "cle-gptq": {"equalize": True, "gptq": True},
 }
 
 

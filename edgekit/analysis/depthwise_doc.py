@@ -41,6 +41,8 @@ REQUIRED_LITERT = (
     "w4a8-per-channel",
     "int8-per-channel-default",
     "w6a8-per-tensor-cle",
+    "w6a8-per-tensor-cle-gptq",
+    "w4a8-per-channel-cle-gptq",
 )
 
 
@@ -188,7 +190,10 @@ def render(results: dict[str, Any], img_dir: Path, out: Path) -> str:
         "  channel ranges balanced against the weights reading them, exact in float) + empirical bias",
         "  correction for the weight grid of the row. `-cle` (`--equalize`): cross-layer equalisation",
         "  of conv -> ReLU/ReLU6 -> conv pairs first (Nagel et al. 2019; ReLU6 kept exact as a",
-        "  per-channel clamp(0, 6/s)), then the same two.",
+        "  per-channel clamp(0, 6/s)), then the same two. `-cle-gptq` (`--equalize --gptq`): as `-cle`,",
+        "  with the weights rounded by GPTQ (Frantar et al. 2022: one input column at a time, the columns",
+        "  not yet rounded absorb the error, weighted by the layer's input correlations on the",
+        "  calibration data) instead of to the nearest grid point; bias correction then uses those weights.",
         "- Calibration: the export's default, seeded crops of the built-in photographs, so the measured",
         "  ImageNet images are held out from every int8 file.",
         "- W6A8/W4A8: the float weights are rounded onto the symmetric 6/4-bit per-channel (or",
