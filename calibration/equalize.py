@@ -20,12 +20,13 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         Returns {"pairs", "sweeps", "relu6", "scale_min", "scale_max", "spread_before",
         "spread_after"} (spreads: median over conv1 layers of the max/min ratio of channel ranges).
 
-    bias_correct(model, calib_batches, weight_bits=8, per_channel=True) -> dict
+    bias_correct(model, calib_batches, weight_bits=8, per_channel=True, rounded=None) -> dict
         Empirical bias correction (Nagel et al. 2019, section 4.2): layer by layer in network
         order, E[y_q] - E[y] per output channel over the calibration tensors is subtracted from
         the bias, y_q being the layer's output with every weight on the symmetric grid the int8
         quantiser will use and every earlier layer already corrected (so what upstream errors
         still shift through the nonlinearities is corrected too), y the float output.
+        ``rounded`` ({layer: weight}, from calibration.gptq) gives the grid weights instead.
         Returns {"layers", "max_abs_shift", "mean_abs_shift"}.
 
 The graph walk uses torch.fx (the zoo's shape-dependent "SAME" padding is a leaf call,
