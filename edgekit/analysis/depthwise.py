@@ -279,7 +279,8 @@ def analyze(
 # name -> (weight bits, per channel, remedies); None bits = the float files. Remedies, as the
 # export's flags: "" none (`--no-equalize-streams --no-bias-correct`), "default" what
 # `edgekit export --int8` ships (stream equalisation + bias correction), "cle" `--equalize` on top
-# (cross-layer equalisation of conv pairs first, then the defaults).
+# (cross-layer equalisation of conv pairs first, then the defaults), "cle-gptq" `--equalize --gptq`
+# (the same, the weights rounded by GPTQ instead of to the nearest grid point).
 CONFIGS: dict[str, tuple[int | None, bool, str]] = {
     "float": (None, True, ""),
     "int8-per-tensor": (8, False, ""),
@@ -295,6 +296,7 @@ CONFIGS: dict[str, tuple[int | None, bool, str]] = {
     "w4a8-per-tensor": (4, False, ""),
     "w4a8-per-tensor-cle": (4, False, "cle"),
     "w4a8-per-channel-cle": (4, True, "cle"),
+    # Below 8 bits, what equalisation leaves is rounding noise: GPTQ's rounding.
     "w6a8-per-tensor-cle-gptq": (6, False, "cle-gptq"),
     "w4a8-per-channel-cle-gptq": (4, True, "cle-gptq"),
     "int8-per-tensor-cle-gptq": (8, False, "cle-gptq"),
