@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
-from edgekit.report import int8_section
+from edgekit.report import fp16_cost, int8_section
 from edgekit.verify import GATES, METHOD, fp16_reference, reference_inputs, torch_logits, verify_file
 from edgekit.verify import check as check_gate
 
@@ -438,27 +438,12 @@ def write_export_report(folder: Path, manifest: dict[str, Any]) -> Path:
     lines += [
         "",
         f"Verification: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {_gates(manifest)}.",
-        *_precision_cost(manifest),
+        *fp16_cost(manifest),
         "",
     ]
     lines += int8_section(manifest)
     lines += _ops_section(manifest)
     return write_text(folder / "report.md", "\n".join(lines) + "\n")
-
-
-def _precision_cost(manifest: dict[str, Any]) -> list[str]:
-    """What fp16 weights cost against float32 (recorded, not gated: it depends on the network)."""
-    lines = []
-    for fmt, entry in manifest["files"].items():
-        cost = entry.get("verification", {}).get("vs_float32")
-        if cost:
-            rnd, img = cost["random"], cost["images"]
-            cos = min(rnd["cosine_min"], img["cosine_min"])
-            lines.append(
-                f"{fmt} against PyTorch float32 (the fp16 cost, not gated): max rel err "
-                f"{_fmt(rnd['max_rel_err'])} / {_fmt(img['max_rel_err'])}, cosine min {cos:.6f}."
-            )
-    return ["", *lines] if lines else []
 
 
 def _ops_section(manifest: dict[str, Any]) -> list[str]:

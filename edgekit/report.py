@@ -139,8 +139,31 @@ def _verification(manifest: dict) -> list[str]:
     lines = ["## Verification against PyTorch", ""]
     for fmt, v in rows:
         shown = ", ".join(f"{k}={v[k]}" for k in v if k != "measured" and not isinstance(v[k], dict | list))
-        lines.append(f"- **{fmt}**: {shown}" + (f" — measured: {v['measured']}" if v.get("measured") else ""))
-    return [*lines, ""]
+        figures = "; ".join(
+            _figures(kind, v[kind]) for kind in ("random", "images") if isinstance(v.get(kind), dict)
+        )
+        lines.append(
+            f"- **{fmt}**: {shown}"
+            + (f"; {figures}" if figures else "")
+            + (f" — measured: {v['measured']}" if v.get("measured") else "")
+        )
+    return [*lines, *fp16_cost(manifest), ""]
+
+
+def _figures(kind: str, fig: dict) -> str:
+    return f"{kind}: max rel err {fig['max_rel_err']:.2e}, cosine min {fig['cosine_min']:.6f}"
+
+
+def fp16_cost(manifest: dict) -> list[str]:
+    """What fp16 weights cost against float32: recorded, not gated (it depends on the network;
+    the gate compares fp16 files with PyTorch running the same fp16 weights)."""
+    lines = []
+    for fmt, entry in manifest.get("files", {}).items():
+        cost = entry.get("verification", {}).get("vs_float32")
+        if cost:
+            shown = "; ".join(_figures(kind, cost[kind]) for kind in ("random", "images") if kind in cost)
+            lines.append(f"- {fmt} against PyTorch float32 (the fp16 cost, not gated): {shown}")
+    return ["", *lines] if lines else []
 
 
 def _accuracy(evaluation: Any, plots: dict[str, str]) -> list[str]:

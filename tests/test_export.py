@@ -123,6 +123,10 @@ def test_report_names_files_and_xnnpack(small_artifact: Path) -> None:
         xnn = manifest["files"][fmt]["xnnpack"]
         assert xnn["fully_delegated"] and xnn["delegated_ops"] == xnn["ops"] > 0
     assert "XNNPACK takes every op" in report and "1 thread" in report
+    # The fp16 file's cost against float32 is stated (ungated), with its figures.
+    cost = manifest["files"]["tflite-fp16"]["verification"]["vs_float32"]["images"]
+    line = next(x for x in report.splitlines() if "tflite-fp16 against PyTorch float32" in x)
+    assert f"{cost['max_rel_err']:.2e}" in line and "not gated" in line
 
 
 # --- dynamic batch, failures ----------------------------------------------------------------------
