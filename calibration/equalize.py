@@ -162,9 +162,14 @@ class _Pair:
     scale: torch.Tensor  # cumulative s per channel, for the ReLU6 clamp
 
 
+def _passes_through(model: nn.Module, node: Any) -> bool:
+    """A node per-channel scales pass unchanged: a folded BN, dropout, zero padding."""
+    return isinstance(_module_of(model, node), _SKIP) or node.target in _ZERO_PADS
+
+
 def _next_real(model: nn.Module, node: Any) -> Any | None:
     user = _only_user(node)
-    while user is not None and (isinstance(_module_of(model, user), _SKIP) or user.target in _ZERO_PADS):
+    while user is not None and _passes_through(model, user):
         user = _only_user(user)
     return user
 
@@ -308,7 +313,7 @@ def _readers(model: nn.Module, node: Any) -> list[Any]:
     """The nodes reading ``node``, looking through folded BNs, dropout and zero padding."""
     found = []
     for user in node.users:
-        if isinstance(_module_of(model, user), _SKIP) or user.target in _ZERO_PADS:
+        if _passes_through(model, user):
             found += _readers(model, user)
         else:
             found.append(user)

@@ -77,7 +77,10 @@ def int8_section(manifest: dict) -> list[str]:
     ]
     remedies = calib.get("remedies") or []
     if not remedies:
-        lines.append("- remedies: none (`--equalize`, `--bias-correct` switch them on)")
+        lines.append(
+            "- remedies: none (stream equalisation and bias correction were switched off; "
+            "`--equalize` and `--gptq` add more)"
+        )
     for remedy in remedies:
         lines.append(f"- remedy {remedy['name']}: {_remedy_change(remedy)}")
     rewritten = (calib.get("rewrites") or {}).get("rewritten") or {}
