@@ -205,7 +205,7 @@ def verify_file(
     gate = GATES.get(precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]
     engine = ENGINES[fmt.split("-")[0]]
-    against = "PyTorch with fp16-rounded weights" if float_references is not None else "PyTorch float32"
+    against = "PyTorch with fp16-rounded weights" if precision == "fp16" else "PyTorch float32"
     result = {
         **figures,
         "gate": gate,
