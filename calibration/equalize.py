@@ -20,7 +20,7 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
         Returns {"pairs", "sweeps", "relu6", "scale_min", "scale_max", "spread_before",
         "spread_after"} (spreads: median over conv1 layers of the max/min ratio of channel ranges).
 
-    bias_correct(model, calib_batches, weight_bits=8, per_channel=True, rounded=None) -> dict
+    bias_correct(model, calib_batches, grid=WeightGrid(), rounded=None) -> dict
         Empirical bias correction (Nagel et al. 2019, section 4.2): layer by layer in network
         order, E[y_q] - E[y] per output channel over the calibration tensors is subtracted from
         the bias, y_q being the layer's output with every weight on the symmetric grid the int8
@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.fakequant import quant_layers, quantize_weight
+from calibration.fakequant import grid_weight, quant_layers
+from calibration.grid import INT8_GRID, WeightGrid
 from edgekit.zoo.common import pad_same
 
 _SKIP = (nn.Identity, nn.Dropout)  # modules a pair may pass through unchanged (folded BN, dropout)
@@ -480,14 +481,13 @@ def _channel_shape(out: torch.Tensor) -> tuple[int, ...]:
 def bias_correct(
     model: nn.Module,
     calib_batches: Iterable[Any],
-    weight_bits: int = 8,
-    per_channel: bool = True,
+    grid: WeightGrid = INT8_GRID,
     rounded: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Empirical bias correction of the quantised weights' error, layer by layer in network order.
 
     Per calibration batch: the float model's per-channel mean output of every conv/linear, then the
-    same with every weight on its ``weight_bits`` grid, where each layer's output is corrected
+    same with every weight on its ``grid``, where each layer's output is corrected
     before the next layer reads it (so a layer's shift includes what its corrected predecessors
     still pass on). The shifts, averaged over batches, are subtracted from the biases.
     ``rounded`` ({layer name: weight}, e.g. from GPTQ) replaces nearest rounding where given.
@@ -496,10 +496,7 @@ def bias_correct(
     layers = [m for _, m in named]
     rounded = rounded or {}
     float_weights = {id(m): m.weight.detach().clone() for m in layers}
-    grid_weights = {
-        id(m): rounded[n] if n in rounded else quantize_weight(m.weight, weight_bits, per_channel)
-        for n, m in named
-    }
+    grid_weights = {id(m): rounded[n] if n in rounded else grid_weight(m, grid) for n, m in named}
     float_means: dict[int, torch.Tensor] = {}
     shifts: dict[int, torch.Tensor] = {}
     batches = 0

@@ -10,11 +10,13 @@ calibration inputs changes least, with H = X X^T (X: the layer's inputs) as the 
 
     q_i = round(w_i);  W[:, i+1:] -= (w_i - q_i) / U_ii * U_i,i+1:   (U: Cholesky factor of H^-1)
 
-The grid (symmetric, ``2**(bits-1) - 1`` levels, max rule, per tensor or per output channel) is
-the one the int8 quantisers use, so the rounded weights reach the files unchanged (8 bits) or are
-the W6A8/W4A8 values. Grouped and depthwise convolutions get one H per group.
+The grid (:class:`calibration.grid.WeightGrid`: symmetric, max rule, per tensor or per output
+channel, with or without the pair limit) is the one the file's quantiser uses, so the rounded
+weights reach the files unchanged (8 bits) or are the W6A8/W4A8 values. Under a pair limit the
+codes GPTQ moved are clipped back so that no two same-sign codes of a row exceed it. Grouped and
+depthwise convolutions get one H per group.
 
-    gptq_weights(model, calib_batches, weight_bits=8, per_channel=True) -> (weights, report)
+    gptq_weights(model, calib_batches, grid=WeightGrid()) -> (weights, report)
         For a BN-folded float model (left unchanged): {layer name: rounded weight} and
         {"layers", "weight_bits", "per_channel", "error_ratio_median", "error_ratio_max"}, the
         ratio being, per layer, the output error tr(E H E^T) (E: the weight error) after GPTQ over
@@ -33,7 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.fakequant import quant_layers, weight_scale
+from calibration.fakequant import grid_levels, grid_step, layer_reads_pairs, quant_layers
+from calibration.grid import INT8_GRID, WeightGrid
 
 DAMP = 0.01  # of the mean diagonal of H, as in GPTQ: keeps H^-1 defined for inputs that never vary
 COLUMN_BUDGET = 2e7  # unfolded input values held at once (x8 bytes in float64)
@@ -97,23 +100,30 @@ def _error(e: torch.Tensor, h: torch.Tensor) -> float:
 
 
 def _round_layer(
-    w: torch.Tensor, h: torch.Tensor, step: torch.Tensor, levels: int, per_channel: bool
+    w: torch.Tensor,
+    h: torch.Tensor,
+    step: torch.Tensor,
+    levels: torch.Tensor,
+    per_channel: bool,
+    pair_limit: int | None,
 ) -> tuple[torch.Tensor, float]:
-    """GPTQ on one layer ([groups, out, d] weights, ``step`` broadcastable): the integer codes,
-    and their output error over nearest rounding's."""
+    """GPTQ on one layer ([groups, out, d] weights; ``step`` and ``levels`` per row, [groups, out, 1]):
+    the integer codes, and their output error over nearest rounding's."""
     nearest = torch.clamp(torch.round(w / step), -levels, levels)
     codes = _keep_peak(_gptq(w, h, step, levels), w, levels, per_channel)
+    if pair_limit is not None:
+        codes = _limit_pairs(codes, pair_limit)
     base = _error(w - nearest * step, h)
     return codes, (_error(w - codes * step, h) / base if base > 0 else 1.0)
 
 
-def _gptq(w: torch.Tensor, h: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
+def _gptq(w: torch.Tensor, h: torch.Tensor, step: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     d = w.shape[2]
     diag = torch.diagonal(h, dim1=1, dim2=2)
     damp = DAMP * diag.mean(dim=1).clamp(min=1e-12)
     h = h + damp[:, None, None] * torch.eye(d, dtype=h.dtype)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    step = step.expand(*w.shape[:2], 1)[:, :, 0]
+    step, levels = step[:, :, 0], levels[:, :, 0]
     work = w.clone()
     codes = torch.empty_like(w)
     for i in range(d):
@@ -123,43 +133,59 @@ def _gptq(w: torch.Tensor, h: torch.Tensor, step: torch.Tensor, levels: int) -> 
     return codes
 
 
-def _keep_peak(codes: torch.Tensor, w: torch.Tensor, levels: int, per_channel: bool) -> torch.Tensor:
-    """Put each grid's largest weight back on the outermost level where the updates moved it
+def _keep_peak(codes: torch.Tensor, w: torch.Tensor, levels: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Put each grid's largest weight back on its outermost level where the updates moved it
     inwards: the quantisers derive the grid from the peak, and a smaller one would re-round all."""
     rows = w.shape[0] * w.shape[1] if per_channel else 1
     flat_w, flat_c = w.reshape(rows, -1), codes.clone().reshape(rows, -1)
+    top = levels.reshape(-1) if per_channel else levels.reshape(-1)[:1]
     idx, at = flat_w.abs().argmax(dim=1), torch.arange(rows)
     peak = flat_w[at, idx]
-    flat_c[at, idx] = torch.where(peak != 0, torch.sign(peak) * levels, flat_c[at, idx])
+    flat_c[at, idx] = torch.where(peak != 0, torch.sign(peak) * top, flat_c[at, idx])
     return flat_c.reshape(codes.shape)
+
+
+def _limit_pairs(codes: torch.Tensor, limit: int) -> torch.Tensor:
+    """Clip every code but each sign's largest so that no two same-sign codes of a row add up to
+    more than ``limit`` (GPTQ's updates may have grown a second code next to the peak)."""
+    flat = codes.reshape(-1, codes.shape[-1]).clone()
+    at = torch.arange(len(flat))
+    for sign in (1.0, -1.0):
+        mags = torch.clamp(flat * sign, min=0)
+        top, idx = mags.max(dim=1)
+        room = (limit - top).clamp(min=0)[:, None]
+        clipped = torch.minimum(mags, room)
+        clipped[at, idx] = top
+        flat = torch.where(flat * sign > 0, sign * clipped, flat)
+    return flat.reshape(codes.shape)
 
 
 @torch.no_grad()
 def gptq_weights(
-    model: nn.Module, calib_batches: Iterable[Any], weight_bits: int = 8, per_channel: bool = True
+    model: nn.Module, calib_batches: Iterable[Any], grid: WeightGrid = INT8_GRID
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every conv/linear weight rounded onto its ``weight_bits`` grid by GPTQ (module doc)."""
+    """Every conv/linear weight rounded onto its ``grid`` by GPTQ (module doc)."""
     layers = [(n, m) for n, m in quant_layers(model) if supported(m)]
     hessians = _hessians(model, [m for _, m in layers], calib_batches)
-    levels = 2 ** (weight_bits - 1) - 1
     rounded, ratios = {}, []
     for name, m in layers:
         if id(m) not in hessians:
             continue  # not reached by the forward pass
         w = _weights(m)
-        step = weight_scale(m.weight, weight_bits, per_channel)  # float32, as the grid is computed
-        grouped = (
-            step.double().reshape(w.shape[0], w.shape[1], 1)
-            if per_channel
-            else step.double().reshape(1, 1, 1)
+        step = grid_step(m, grid)  # float32, as the quantiser computes it
+        shape = (w.shape[0], w.shape[1], 1)
+        levels = grid_levels(m, grid).to(w.dtype).reshape(shape)
+        limit = grid.pair_limit if layer_reads_pairs(m) else None
+        codes, ratio = _round_layer(
+            w, hessians[id(m)], step.double().reshape(shape), levels, grid.per_channel, limit
         )
-        codes, ratio = _round_layer(w, hessians[id(m)], grouped, levels, per_channel)
         rounded[name] = codes.reshape(m.weight.shape).to(m.weight.dtype) * step
         ratios.append(ratio)
     return rounded, {
         "layers": len(ratios),
-        "weight_bits": weight_bits,
-        "per_channel": per_channel,
+        "weight_bits": grid.bits,
+        "per_channel": grid.per_channel,
+        "pair_limit": grid.pair_limit,
         "error_ratio_median": float(np.median(ratios)) if ratios else None,
         "error_ratio_max": float(max(ratios)) if ratios else None,
     }

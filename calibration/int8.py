@@ -14,12 +14,14 @@ per_tensor, symmetric_activations, skip_bad_images, equalize, equalize_streams, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from calibration.grid import WeightGrid
 from calibration.preprocess import PreprocessSpec
 from calibration.ranges import DEFAULT_METHOD, METHODS
 from calibration.sources import calibration_set
@@ -45,13 +47,9 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
         seed,
         bool(options.get("skip_bad_images", False)),
     )
-    model, remedies = apply_remedies(model, calib.tensors, options, per_channel)
-    # int8 fast paths (exporters/rewrites.py): hard-swish/hard-sigmoid as ops with int8 kernels, on a copy
-    from exporters.rewrites import int8_friendly_copy
-
-    model, rewrites = int8_friendly_copy(model)
-    graph_changes = [*remedies, rewrites] if rewrites["rewritten"] else remedies
     files = manifest["files"]
+    grids = format_grids([fmt for fmt in files], per_channel)
+    models, remedies = apply_remedies(model, calib.tensors, options, grids)
     record: dict[str, Any] = {
         "source": calib.source,
         "samples": len(calib.tensors),
@@ -61,19 +59,42 @@ def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options:
         "seed": seed,
         "detail": calib.detail,
         "remedies": remedies,
-        "rewrites": rewrites,
+        "weight_grids": {fmt: grid.describe() for fmt, grid in grids.items()},
         "activation_ranges": {},
     }
-    checks = _verification_inputs(model, spec)
-    if "onnx-fp32" in files:
+    # int8 fast paths (exporters/rewrites.py): hard-swish/hard-sigmoid as ops with int8 kernels, on a copy
+    from exporters.rewrites import int8_friendly_copy
+
+    friendly = {fmt: int8_friendly_copy(m) for fmt, m in models.items()}
+    record["rewrites"] = next(iter(friendly.values()))[1] if friendly else {"rewritten": {}}
+    if "onnx-int8" in friendly:
+        net = friendly["onnx-int8"][0]
+        checks = _verification_inputs(net, spec)
+        changed = bool(remedies) or bool(record["rewrites"]["rewritten"])
         record["activation_ranges"]["onnx"] = _onnx(
-            stage_dir, files, model, calib.tensors, method, per_channel, symmetric, graph_changes, checks
+            stage_dir, files, net, calib.tensors, method, grids["onnx-int8"], symmetric, changed, checks
         )
-    if "tflite-fp32" in files:
+    if "tflite-int8" in friendly:
+        net = friendly["tflite-int8"][0]
+        checks = _verification_inputs(net, spec)
         record["activation_ranges"]["tflite"] = _tflite(
-            stage_dir, files, model, calib.tensors, method, per_channel, symmetric, checks
+            stage_dir, files, net, calib.tensors, method, per_channel, symmetric, checks
         )
     manifest["calibration"] = record
+
+
+def format_grids(float_formats: list[str], per_channel: bool) -> dict[str, WeightGrid]:
+    """The weight grid of each int8 file to write, keyed by its format: ONNX Runtime's x86 kernels
+    without VNNI add weight pairs in int16 (calibration.grid), so its files keep them in range;
+    XNNPACK widens before multiplying, so LiteRT's keep the full grid."""
+    from calibration.onnx_int8 import ONNX_GRID
+
+    grids = {}
+    if "onnx-fp32" in float_formats:
+        grids["onnx-int8"] = dataclasses.replace(ONNX_GRID, per_channel=per_channel)
+    if "tflite-fp32" in float_formats:
+        grids["tflite-int8"] = WeightGrid(bits=8, per_channel=per_channel)
+    return grids
 
 
 # Stream equalisation and bias correction are on unless switched off. Streams: the residual
@@ -96,14 +117,15 @@ def remedies_asked(options: dict[str, Any]) -> dict[str, bool]:
 
 
 def apply_remedies(
-    model: Any, tensors: np.ndarray, options: dict[str, Any], per_channel: bool, weight_bits: int = 8
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Cross-layer equalisation, stream equalisation, GPTQ rounding and bias correction on a copy
-    of the float model, as asked, in that order (bias correction last: it corrects the final
-    weights, on the ``weight_bits`` grid they will be rounded onto, or GPTQ's codes on it)."""
+    model: Any, tensors: np.ndarray, options: dict[str, Any], grids: dict[str, WeightGrid]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Cross-layer and stream equalisation on a copy of the float model, then for each weight grid
+    GPTQ rounding and bias correction (last: it corrects the final weights on the grid they will
+    be rounded onto, or GPTQ's codes on it), as asked. Returns one model per key of ``grids``
+    (formats sharing a grid share the model) and what each remedy changed."""
     asked = remedies_asked(options)
     if not any(asked.values()):
-        return model, []
+        return dict.fromkeys(grids, model), []
     from calibration import equalize
 
     model = copy.deepcopy(model).eval()
@@ -116,20 +138,40 @@ def apply_remedies(
         with one_thread():
             remedies.append({"name": "equalize_streams", **equalize.equalize_streams(model, batches)})
     equalize.fold_batchnorm(model)  # the weights the quantiser sees are the BN-folded ones
+    by_grid: dict[WeightGrid, list[str]] = {}
+    for key, grid in grids.items():
+        by_grid.setdefault(grid, []).append(key)
+    models = {}
+    for grid, keys in by_grid.items():
+        rounded_model, done = _round_and_correct(
+            copy.deepcopy(model) if len(by_grid) > 1 else model, batches, asked, grid
+        )
+        remedies += [{**r, "formats": keys} for r in done]
+        models.update(dict.fromkeys(keys, rounded_model))
+    return models, remedies
+
+
+def _round_and_correct(
+    model: Any, batches: list[np.ndarray], asked: dict[str, bool], grid: WeightGrid
+) -> tuple[Any, list[dict[str, Any]]]:
+    """GPTQ and bias correction for one weight grid, in place."""
+    from calibration import equalize
+
+    done = []
     rounded = None
     if asked["gptq"]:
         from calibration.gptq import gptq_weights
 
         with one_thread():
-            rounded, report = gptq_weights(model, batches, weight_bits, per_channel)
-        remedies.append({"name": "gptq", **report})
+            rounded, report = gptq_weights(model, batches, grid)
+        done.append({"name": "gptq", **report})
     if asked["bias_correct"]:
         with one_thread():
-            report = equalize.bias_correct(model, batches, weight_bits, per_channel, rounded)
-        remedies.append({"name": "bias_correct", **report})
+            report = equalize.bias_correct(model, batches, grid, rounded)
+        done.append({"name": "bias_correct", "grid": grid.describe(), **report})
     if rounded:
         _load_weights(model, rounded)
-    return model, remedies
+    return model, done
 
 
 def _load_weights(model: Any, weights: dict[str, Any]) -> None:
@@ -146,28 +188,32 @@ def _onnx(
     model: Any,
     tensors: np.ndarray,
     method: str,
-    per_channel: bool,
+    grid: WeightGrid,
     symmetric: bool,
-    remedies: list[dict[str, Any]],
+    changed: bool,
     checks: dict[str, Any],
 ) -> dict[str, list[float]]:
     from calibration import onnx_int8
+    from calibration.fakequant import levels_by_weight
 
     src = stage / files["onnx-fp32"]["path"]
+    levels = None
     with tempfile.TemporaryDirectory(prefix="edgekit-remedied-") as tmp:
-        if remedies:  # the float graph changed: quantise a fresh export of the remedied model
+        if changed:  # the float graph changed: quantise a fresh export of the remedied model
             import torch
 
             from exporters import onnx as onnx_exporter
 
             src = Path(tmp) / "remedied.onnx"
             onnx_exporter.export(model, torch.from_numpy(tensors[:1]), src)
+            levels = levels_by_weight(model, grid)  # the grid GPTQ and bias correction used
         info = onnx_int8.quantize_onnx(
             src,
             stage / "model_int8.onnx",
             tensors,
             method=method,
-            per_channel=per_channel,
+            grid=grid,
+            levels=levels,
             symmetric_activations=symmetric,
         )
     path = stage / "model_int8.onnx"
@@ -176,7 +222,8 @@ def _onnx(
         "NCHW",
         onnx_int8.io_quantisation(path),
         checks,
-        quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges",
+        quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid",
+        weight_grid=grid.describe(),
         fused_ops=onnx_int8.fused_ops(path),
     )
     return _rounded(info["activation_ranges"])

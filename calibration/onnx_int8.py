@@ -5,7 +5,10 @@ ORT's calibrators are used for nothing but the hand-over format: the ranges come
 it has no MSE search), written as an ORT calibration cache and read back by ``quantize_static``.
 Weights are int8 symmetric (per channel by default), activations uint8 asymmetric (or int8
 symmetric), in QDQ form, which ORT fuses into QLinearConv/QLinearMatMul at session creation.
-The graph outputs (logits) stay float: see :func:`float_outputs`.
+The weight grid is ours too (:data:`ONNX_GRID`, passed as per-channel scale overrides): every
+layer whose kernel reads input pairs keeps any two same-sign codes within 128, so the file computes
+the same on x86 CPUs without VNNI as on every other (``calibration.grid``; checked by
+``calibration.onnx_check``). The graph outputs (logits) stay float: see :func:`float_outputs`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from calibration.grid import PAIR_LIMIT, WeightGrid, reads_pairs
 from calibration.ranges import DEFAULT_METHOD, collect_ranges
 from edgekit.errors import ExportError
+
+# The grid of ONNX Runtime int8 files: exact on every CPU path (docs/int8.md weighs the alternatives).
+ONNX_GRID = WeightGrid(bits=8, per_channel=True, pair_limit=PAIR_LIMIT)
 
 
 def preprocess_model(src: Path, dst: Path) -> Path:
@@ -119,27 +126,35 @@ def quantize_onnx(
     tensors: np.ndarray,
     *,
     method: str = DEFAULT_METHOD,
-    per_channel: bool = True,
+    grid: WeightGrid = ONNX_GRID,
+    levels: dict[str, list[int]] | None = None,
     symmetric_activations: bool = False,
 ) -> dict[str, Any]:
-    """Write a QDQ int8 copy of ``src`` at ``dst``; returns the activation ranges used."""
+    """Write a QDQ int8 copy of ``src`` at ``dst`` with weights on ``grid``; ``levels`` ({weight
+    name: levels per output channel}) fixes the grid where the caller already rounded onto it (GPTQ,
+    W6A8). Returns the activation ranges used."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp:
         pre = preprocess_model(src, Path(tmp) / "pre.onnx")
         ranges = activation_ranges(pre, tensors, method, symmetric_activations)
         cache = write_calibration_cache(ranges, Path(tmp) / "ranges.json")
+        overrides = weight_overrides(pre, grid, levels or {})
         try:
             quantize_static(
                 str(pre),
                 str(dst),
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
+                per_channel=grid.per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+                extra_options={
+                    "ActivationSymmetric": symmetric_activations,
+                    "WeightSymmetric": True,
+                    "TensorQuantOverrides": overrides,
+                },
                 calibration_cache_path=str(cache),
             )
         except Exception as exc:
@@ -149,6 +164,50 @@ def quantize_onnx(
             ) from exc
     float_outputs(dst)
     return {"activation_ranges": ranges}
+
+
+def weight_overrides(
+    model_path: Path, grid: WeightGrid, levels: dict[str, list[int]]
+) -> dict[str, list[dict[str, Any]]]:
+    """ORT ``TensorQuantOverrides`` putting every conv/gemm/matmul weight on ``grid``: per output
+    channel (or per tensor) the scale ``peak / levels``, zero point 0."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in graph.node:
+        if (
+            node.op_type not in ("Conv", "Gemm", "MatMul")
+            or len(node.input) < 2
+            or node.input[1] not in inits
+        ):
+            continue
+        name = node.input[1]
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        if node.op_type == "Conv":
+            rows, axis, pairs = w.reshape(w.shape[0], -1), 0, reads_pairs(w.shape, attrs.get("group", 1))
+        elif w.ndim != 2:
+            continue  # a batched MatMul weight: ORT keeps it per tensor by its own rule
+        else:
+            transposed = node.op_type == "Gemm" and attrs.get("transB", 0) == 1
+            rows, axis = (w, 0) if transposed else (w.T, 1)
+            pairs = reads_pairs(rows.shape)
+        steps = _steps(rows, grid, pairs, levels.get(name))
+        if grid.per_channel:
+            overrides[name] = [{"axis": axis, "scale": float(s), "zero_point": 0} for s in steps]
+        else:
+            overrides[name] = [{"scale": float(steps[0]), "zero_point": 0}]
+    return overrides
+
+
+def _steps(rows: np.ndarray, grid: WeightGrid, pairs: bool, levels: list[int] | None) -> np.ndarray:
+    if levels is None or len(levels) != len(rows):
+        return grid.steps(rows, pairs)
+    peaks = np.maximum(grid.peaks(rows), np.finfo(np.float32).tiny)
+    return (peaks / np.asarray(levels, np.float32)).astype(np.float32)
 
 
 def float_outputs(path: Path) -> list[str]:

@@ -360,6 +360,7 @@ def _result(
         "provider": desc.get("provider") or desc.get("delegate") or "builtin kernels",
         "input_dtype": (desc.get("input") or {}).get("dtype"),
         "emulated": emulated,
+        **_cpu(precision, remote),
     }
     if stats["unstable"]:
         result["note"] = (
@@ -370,6 +371,15 @@ def _result(
     result["measured"] = _measured_note(result)
     result["latencies_ms"] = [round(t, 4) for t in latencies]
     return result
+
+
+def _cpu(precision: str, remote: dict[str, Any] | None) -> dict[str, Any]:
+    """The CPU that ran it, and for int8 files its int8 path (which kernels, and whether they are exact)."""
+    where = (remote or {}).get("machine") or machine.facts()
+    return {
+        "cpu": where.get("cpu"),
+        **({"int8_path": machine.int8_path(where)} if precision == "int8" else {}),
+    }
 
 
 def _efficiency(macs: int | None, p50_ms: float, precision: str, threads: int, local: bool) -> dict[str, Any]:
@@ -395,10 +405,11 @@ def _significant(value: float, digits: int = 4) -> float:
 
 
 def _measured_note(r: dict[str, Any]) -> str:
-    where = f"{r['target']} ({'emulated' if r['emulated'] else 'real'})"
+    where = f"{r['target']} ({'emulated' if r['emulated'] else 'real'}, {r['cpu']})"
+    path = f", int8 path {r['int8_path']}" if r.get("int8_path") else ""
     return (
         f"{r['runtime']} {r['runtime_version']} [{r['provider']}], {r['threads']} thread(s), "
-        f"{r['runs']} runs after {r['warmup']} warm-up, batch 1, {where}"
+        f"{r['runs']} runs after {r['warmup']} warm-up, batch 1, {where}{path}"
     )
 
 

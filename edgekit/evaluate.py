@@ -20,6 +20,7 @@ import numpy as np
 
 from calibration.preprocess import PreprocessSpec, to_layout
 from edgekit.errors import ArtifactError, UsageError
+from edgekit.machine import facts, int8_path
 from edgekit.manifest import FORMATS, model_path, read_manifest, record_result
 from edgekit.verify import cosine, sqnr_db, top1_agreement, top5_overlap
 
@@ -119,8 +120,18 @@ def run_format(
         "version": info.get("version"),
         "accelerator": info.get("delegate") or info.get("provider"),
         "layout": layout,
+        **_cpu(manifest["files"][fmt], facts()),
     }
     return logits, how
+
+
+def _cpu(entry: dict[str, Any], machine: dict[str, Any] | None) -> dict[str, Any]:
+    """The CPU a file ran on and, for int8 files, its int8 path (an int8 figure names both)."""
+    machine = machine or {}
+    cpu = {"cpu": machine.get("cpu")}
+    if entry.get("precision") == "int8":
+        cpu["int8_path"] = int8_path(machine)
+    return cpu
 
 
 def _remote(spec: str) -> Any:
@@ -149,6 +160,7 @@ def run_on_target(
         "target": target.name,
         "machine": result.get("machine"),
         "emulated": target.emulated,
+        **_cpu(manifest["files"][fmt], result.get("machine")),
     }
     if result.get("note"):
         how["note"] = result["note"]

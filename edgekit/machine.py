@@ -12,6 +12,7 @@ import functools
 import os
 import platform
 import time
+from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
@@ -35,6 +36,48 @@ FEATURES = (
     "sve",
     "bf16",
 )
+
+
+class Int8Path(StrEnum):
+    """The int8 dot-product kernels ONNX Runtime (MLAS) picks on a CPU, told apart by exactness."""
+
+    X86_AMX = "x86 AMX-INT8"
+    X86_VNNI = "x86 AVX-512 VNNI / AVX-VNNI"
+    X86_AVX512BW = "x86 AVX-512BW without VNNI (int16 pair sums)"
+    X86_AVX2 = "x86 AVX2 without VNNI (int16 pair sums)"
+    ARM_DOT = "arm64 dot product (SDOT/UDOT)"
+    ARM_NEON = "arm64 NEON without dot product"
+
+    @property
+    def saturates_pairs(self) -> bool:
+        return self in (Int8Path.X86_AVX512BW, Int8Path.X86_AVX2)
+
+    @classmethod
+    def from_features(cls, arch: str, features: list[str] | set[str]) -> Int8Path | None:
+        """The path for a CPU's /proc/cpuinfo flags (x86) or Features (arm64); None if unknown."""
+        flags = set(features)
+        if arch in ("x86_64", "AMD64"):
+            for flag, path in (
+                ("amx_int8", cls.X86_AMX),
+                ("avx512_vnni", cls.X86_VNNI),
+                ("avx_vnni", cls.X86_VNNI),
+                ("avx512bw", cls.X86_AVX512BW),
+                ("avx2", cls.X86_AVX2),
+            ):
+                if flag in flags:
+                    return path
+            return None
+        if arch in ("aarch64", "arm64"):
+            return cls.ARM_DOT if flags & {"asimddp", "i8mm"} else cls.ARM_NEON if "asimd" in flags else None
+        return None
+
+
+def int8_path(machine: dict[str, Any]) -> str:
+    """The int8 path of a machine description (``facts()`` or a target's runner), for printing."""
+    path = Int8Path.from_features(machine.get("arch", ""), machine.get("features") or [])
+    return path.value if path else "unknown"
+
+
 PACKAGES = ("numpy", "onnx", "onnxruntime", "ai-edge-litert", "torch", "litert-torch")
 PEAK_SIZE = 2048  # M = N = K: 8.6 GMAC, large enough for the GEMM kernels to reach steady state
 PEAK_REPEATS = 5
@@ -82,12 +125,14 @@ def facts() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    features = cpu_features(info)
     return {
         "cpu": cpu or "unknown",
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
-        "features": cpu_features(info),
+        "features": features,
+        "int8_path": int8_path({"arch": platform.machine(), "features": features}),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": versions(),

@@ -24,7 +24,15 @@ from calibration.preprocess import PreprocessSpec
 from edgekit.errors import UsageError
 from edgekit.manifest import file_entry, new_manifest, staged_dir, write_manifest, write_text
 from edgekit.report import fp16_cost, int8_section
-from edgekit.verify import GATES, METHOD, fp16_reference, reference_inputs, torch_logits, verify_file
+from edgekit.verify import (
+    GATES,
+    METHOD,
+    fp16_reference,
+    int8_exactness,
+    reference_inputs,
+    torch_logits,
+    verify_file,
+)
 from edgekit.verify import check as check_gate
 
 if TYPE_CHECKING:
@@ -98,6 +106,10 @@ def export(
                     from calibration.int8 import quantize_all
 
                     quantize_all(stage, manifest, built.model, {**quant_options, "seed": seed})
+                    if "onnx-int8" in files:
+                        files["onnx-int8"]["exactness"] = int8_exactness(
+                            stage / files["onnx-int8"]["path"], check.inputs["images"][:1]
+                        )
             with steps.step("report.md + manifest.json"):
                 write_export_report(stage, manifest)
                 write_manifest(stage, manifest)

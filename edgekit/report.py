@@ -82,7 +82,8 @@ def int8_section(manifest: dict) -> list[str]:
             "`--equalize` and `--gptq` add more)"
         )
     for remedy in remedies:
-        lines.append(f"- remedy {remedy['name']}: {_remedy_change(remedy)}")
+        formats = f" ({', '.join(remedy['formats'])})" if remedy.get("formats") else ""
+        lines.append(f"- remedy {remedy['name']}{formats}: {_remedy_change(remedy)}")
     rewritten = (calib.get("rewrites") or {}).get("rewritten") or {}
     if rewritten:
         formulas = calib["rewrites"].get("formulation", {})
@@ -117,14 +118,17 @@ def _remedy_change(remedy: dict) -> str:
         )
     if remedy["name"] == "gptq":
         grid = "per-channel" if remedy["per_channel"] else "per-tensor"
+        pairs = f" (same-sign pairs <= {remedy['pair_limit']})" if remedy.get("pair_limit") else ""
         return (
-            f"{remedy['layers']} layers rounded onto the {remedy['weight_bits']}-bit {grid} grid by GPTQ; "
+            f"{remedy['layers']} layers rounded onto the {remedy['weight_bits']}-bit {grid} grid{pairs} "
+            "by GPTQ; "
             f"layer output error on the calibration data vs nearest rounding: median "
             f"{remedy['error_ratio_median']:.2f}x, worst {remedy['error_ratio_max']:.2f}x"
         )
     if remedy["name"] == "bias_correct":
         return (
-            f"{remedy['layers']} layers' biases shifted by the expected int8 weight error "
+            f"{remedy['layers']} layers' biases shifted by the expected int8 weight error on the "
+            f"{remedy.get('grid', '8-bit')} grid "
             f"(mean |shift| {remedy['mean_abs_shift']:.3g}, max {remedy['max_abs_shift']:.3g})"
         )
     return ", ".join(f"{k}={v}" for k, v in remedy.items() if k != "name")
@@ -285,6 +289,7 @@ def _machine(bench: dict) -> list[str]:
         "## Machine",
         "",
         f"- {m['cpu']} ({m['arch']}), {m['cores']} cores, features: {' '.join(m.get('features', []))}",
+        f"- int8 path: {m.get('int8_path', 'unknown')}",
         f"- {m['os']}, Python {m['python']}",
         f"- {versions}",
         f"- target: {bench.get('target', 'local')}",

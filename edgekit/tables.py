@@ -144,8 +144,15 @@ def print_eval(result: dict[str, Any]) -> None:
     caption = (
         f"{measured['images']} images from {measured['data']}; {measured['threads']} thread(s), "
         f"target {measured['target']}; agreement/cosine/SQNR vs {measured['reference']}"
+        f"{_int8_cpu(result['formats'])}"
     )
     render("Accuracy vs PyTorch float", columns, rows, caption)
+
+
+def _int8_cpu(rows: list[dict[str, Any]]) -> str:
+    """Where the int8 rows ran: an int8 figure is a figure of one CPU's int8 kernels."""
+    seen = {(r.get("cpu"), r["int8_path"]) for r in rows if r.get("int8_path")}
+    return "".join(f"; int8 on {cpu}: {path}" for cpu, path in sorted(seen, key=str))
 
 
 def print_bench(result: dict[str, Any]) -> None:
@@ -168,6 +175,7 @@ def print_bench(result: dict[str, Any]) -> None:
     caption = (
         f"ms per inference, batch 1, target {result.get('target', 'local')} ({m['cpu']}, "
         f"{m['cores']} cores); ! = CV > 10% (unstable); eff. = MAC/s over this host's GEMM peak"
+        f"{_int8_cpu(result['results'])}"
     )
     render("edgekit bench", cols, rows, caption)
     for skip in result["skipped"]:

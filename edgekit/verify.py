@@ -230,6 +230,23 @@ def _failures(figures: dict[str, float], gate: dict[str, float]) -> list[str]:
     return out
 
 
+def int8_exactness(path: str | Path, batch: np.ndarray) -> dict[str, Any]:
+    """Where a QDQ int8 file computes its own definition: per CPU int8 path from its weights'
+    arithmetic, and measured node by node on this host (``calibration.onnx_check``)."""
+    from calibration.onnx_check import layer_check, pair_report
+    from edgekit.machine import Int8Path, facts
+
+    pairs = pair_report(path)
+    over = f"may saturate: {len(pairs.over_limit)} layers have same-sign pairs up to {pairs.max_pair_sum}"
+    paths = {p.value: over if p.saturates_pairs and not pairs.pairs_fit_int16 else "exact" for p in Int8Path}
+    host = facts()
+    return {
+        **pairs.to_dict(),
+        "paths": paths,
+        "host": {"cpu": host["cpu"], "int8_path": host["int8_path"], **layer_check(path, batch).to_dict()},
+    }
+
+
 def check(fmt: str, result: dict[str, Any]) -> None:
     """Raise VerificationError with the figures when a file failed its gate."""
     if not result["passed"]:

@@ -138,7 +138,7 @@ def test_gptq_rows_beat_nearest_rounding_at_6_bits() -> None:
     with torch.no_grad():
         ref = model(held_out)
         sqnr = {
-            config: sqnr_db(ref, depthwise.prepare_model(model, config, calib)(held_out))
+            config: sqnr_db(ref, depthwise.prepare_model(model, config, calib)["litert"](held_out))
             for config in ("w6a8-per-tensor-cle", "w6a8-per-tensor-cle-gptq")
         }
     # Measured 12.4 -> 16.5 dB (MobileNetV2 at 96 px, 32 calibration crops, 32 held-out crops).

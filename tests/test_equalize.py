@@ -16,6 +16,7 @@ from calibration.equalize import (
     output_ranges,
 )
 from calibration.fakequant import fake_quantize_weights_, sqnr_db
+from calibration.grid import WeightGrid
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -113,7 +114,7 @@ def test_cle_improves_per_tensor_output_sqnr(x: torch.Tensor) -> None:
 
     def quantized_sqnr(m: nn.Module) -> float:
         q = copy.deepcopy(m)
-        fake_quantize_weights_(q, 8, per_channel=False)
+        fake_quantize_weights_(q, WeightGrid(8, per_channel=False))
         with torch.no_grad():
             return sqnr_db(model(x), q(x))
 
@@ -129,9 +130,9 @@ def test_bias_correction_reduces_output_mean_error() -> None:
     def mean_error(corrected: bool) -> float:
         m = copy.deepcopy(model)
         if corrected:
-            report = bias_correct(m, calib, weight_bits=8, per_channel=False)
+            report = bias_correct(m, calib, WeightGrid(8, per_channel=False))
             assert report["layers"] == 4 and report["max_abs_shift"] > 0
-        fake_quantize_weights_(m, 8, per_channel=False)
+        fake_quantize_weights_(m, WeightGrid(8, per_channel=False))
         with torch.no_grad():
             return float((m(held_out) - model(held_out)).mean(dim=0).abs().mean())
 

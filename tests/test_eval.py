@@ -95,8 +95,9 @@ def test_eval_on_emulated_pi_matches_local(tmp_path):
     assert remote["measured"]["emulated"] is True and "note" in rows["torch"]
     for fmt in ("onnx-int8", "tflite-int8"):
         assert rows[fmt]["target"] == "pi4-emu" and rows[fmt]["images"] == 4
-        # Same integer kernels up to the engine build: logits agree with the local run.
-        assert rows[fmt]["cosine"] == pytest.approx(local[fmt]["cosine"], abs=0.02), (rows[fmt], local[fmt])
+        # The integer sums are the same on ARM and on every x86 int8 path (the ONNX file keeps its
+        # weight pairs within int16, calibration.grid); only float32 rescales may round apart.
+        assert rows[fmt]["cosine"] == pytest.approx(local[fmt]["cosine"], abs=1e-3), (rows[fmt], local[fmt])
 
 
 def test_metrics_on_known_values():

@@ -11,7 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from calibration import gptq
-from calibration.fakequant import quantize_weight, sqnr_db
+from calibration.fakequant import grid_step, layer_reads_pairs, quantize_weight, sqnr_db
+from calibration.grid import PAIR_LIMIT, WeightGrid, max_pair_sums
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -52,7 +53,7 @@ def test_weights_are_on_the_grid_and_beat_nearest_rounding(bits: int, per_channe
     model = _net()
     calib = _inputs(64, seed=1)
     rounded, report = gptq.gptq_weights(
-        model, [calib[i : i + 16] for i in range(0, 64, 16)], bits, per_channel
+        model, [calib[i : i + 16] for i in range(0, 64, 16)], WeightGrid(bits, per_channel)
     )
     assert report["layers"] == len(rounded) == 6
     # Every layer's output error on the calibration data is below nearest rounding's.
@@ -83,7 +84,8 @@ def test_gptq_remedy_runs_before_bias_correction() -> None:
     model = _net()
     calib = _inputs(32, seed=3).numpy()
     options = {"gptq": True, "equalize_streams": False}
-    prepared, remedies = apply_remedies(model, calib, options, per_channel=False, weight_bits=6)
+    models, remedies = apply_remedies(model, calib, options, {"w6": WeightGrid(6, per_channel=False)})
+    prepared = models["w6"]
     assert [r["name"] for r in remedies] == ["gptq", "bias_correct"]
     assert remedies[0]["weight_bits"] == 6 and remedies[0]["per_channel"] is False
     for name, layer in prepared.named_modules():
@@ -93,3 +95,19 @@ def test_gptq_remedy_runs_before_bias_correction() -> None:
     # Bias correction measured the GPTQ weights' error against the float model, not zero.
     assert remedies[1]["max_abs_shift"] > 0
     assert not np.allclose(prepared[0].bias.detach(), model[0].bias.detach())
+
+
+def test_gptq_keeps_every_same_sign_pair_within_the_limit() -> None:
+    """On ONNX Runtime's grid, GPTQ's updates may grow a second code next to a row's peak: the
+    codes are clipped back so that no two same-sign codes of a row exceed the pair limit."""
+    model = _net()
+    calib = _inputs(64, seed=1)
+    grid = WeightGrid(8, per_channel=True, pair_limit=PAIR_LIMIT)
+    rounded, report = gptq.gptq_weights(model, [calib[i : i + 16] for i in range(0, 64, 16)], grid)
+    assert report["pair_limit"] == PAIR_LIMIT
+    for name, w in rounded.items():
+        layer = model.get_submodule(name)
+        codes = (w / grid_step(layer, grid)).round().reshape(w.shape[0], -1)
+        assert torch.allclose(codes * grid_step(layer, grid).reshape(-1, 1), w.reshape(w.shape[0], -1))
+        if layer_reads_pairs(layer):
+            assert max_pair_sums(codes.numpy()).max() <= PAIR_LIMIT, name

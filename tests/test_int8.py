@@ -46,14 +46,19 @@ def test_int8_files_and_manifest(int8_dir):
     for lo, hi in calib["activation_ranges"]["onnx"].values():
         assert lo <= 0.0 <= hi
     # Stream equalisation and bias correction run by default: MobileNetV2's 7 linear streams (the
-    # residual stages and the last block's link to the head), every conv/linear's bias (52 + 1).
-    streams, bias = calib["remedies"]
+    # residual stages and the last block's link to the head), every conv/linear's bias (52 + 1),
+    # once per weight grid (ONNX Runtime's keeps same-sign pairs within 128, LiteRT's does not).
+    streams, *biases = calib["remedies"]
     assert streams["name"] == "equalize_streams" and streams["streams"] == 7
-    assert bias["name"] == "bias_correct" and bias["layers"] == 53 and bias["max_abs_shift"] > 0
+    assert [b["formats"] for b in biases] == [["onnx-int8"], ["tflite-int8"]]
+    for bias in biases:
+        assert bias["name"] == "bias_correct" and bias["layers"] == 53 and bias["max_abs_shift"] > 0
     # The export's report says how the int8 files were made and what each remedy changed.
     report = (int8_dir / "report.md").read_text()
     assert "calibration: builtin, 16 samples" in report
-    assert "remedy equalize_streams: 7 streams" in report and "remedy bias_correct: 53 layers" in report
+    assert "remedy equalize_streams: 7 streams" in report
+    assert "remedy bias_correct (onnx-int8): 53 layers" in report
+    assert "remedy bias_correct (tflite-int8): 53 layers" in report
 
 
 def test_gptq_export_lists_the_remedy(tmp_path):
@@ -71,7 +76,10 @@ def test_gptq_export_lists_the_remedy(tmp_path):
     gptq = remedies[1]
     assert gptq["layers"] == 53 and gptq["weight_bits"] == 8 and gptq["per_channel"] is True
     assert gptq["error_ratio_median"] < 0.9  # per layer, output error on the calibration data vs nearest
-    assert "remedy gptq: 53 layers rounded onto the 8-bit per-channel grid" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "remedy gptq (onnx-int8): 53 layers rounded onto the 8-bit per-channel grid" in report
+    # GPTQ's codes are what the file stores, within the pair limit.
+    assert manifest["files"]["onnx-int8"]["exactness"]["max_pair_sum"] <= 128
     assert manifest["files"]["onnx-int8"]["verification"]["images"]["cosine_min"] > 0.6
 
 

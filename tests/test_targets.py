@@ -62,7 +62,8 @@ def _calibration(layout: str, n: int = 8) -> list[np.ndarray]:
 
 def _write_onnx(net, folder: Path) -> None:
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from calibration.onnx_int8 import quantize_onnx
 
     torch.onnx.export(
         net,
@@ -73,23 +74,9 @@ def _write_onnx(net, folder: Path) -> None:
         output_names=["logits"],
         opset_version=17,
     )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(_calibration("NCHW"))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {"input": batch}
-
-    quantize_static(
-        str(folder / "m.onnx"),
-        str(folder / "m_int8.onnx"),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
+    # edgekit's quantiser: its weight grid computes the same on every CPU int8 path (the stock
+    # quantize_static file saturates on x86 without VNNI, so "x86" would depend on the host).
+    quantize_onnx(folder / "m.onnx", folder / "m_int8.onnx", np.concatenate(_calibration("NCHW")))
 
 
 def _write_tflite(net, folder: Path) -> None:
@@ -148,20 +135,16 @@ def x86(models: Path, batch) -> dict[str, np.ndarray]:
 
 
 def _lsb(models: Path, name: str) -> float:
-    """One output quantisation step of an int8 file (0 for float files)."""
+    """One output step of an int8 file (0 for float files): TFLite's output scale; for the ONNX
+    file's float logits, the most one step of the classifier's quantised input moves them."""
     if name == "m_int8.tflite":
         from ai_edge_litert.interpreter import Interpreter
 
         return float(Interpreter(model_path=str(models / name)).get_output_details()[0]["quantization"][0])
     if name == "m_int8.onnx":
-        import onnx
-        from onnx import numpy_helper
+        from calibration.onnx_check import output_step
 
-        graph = onnx.load(str(models / name)).graph
-        last = next(n for n in graph.node if n.output[0] == graph.output[0].name)
-        assert last.op_type == "DequantizeLinear"
-        inits = {i.name: i for i in graph.initializer}
-        return float(numpy_helper.to_array(inits[last.input[1]]))
+        return output_step(models / name)
     return 0.0
 
 

@@ -329,23 +329,40 @@ REMEDY_OPTIONS = {
 }
 
 
-def prepare_model(model: Any, config: str, calib: np.ndarray) -> Any:
-    """A BN-folded copy of ``model`` as ``config`` deploys it: the export's remedies for the row's
-    flags (bias correction for its weight grid), then the weights on an N-bit grid below 8 bits."""
+def config_grids(config: str) -> dict[str, Any]:
+    """The weight grid of each runtime's file for ``config`` (the export's, at the row's bits)."""
+    import dataclasses
+
+    from calibration.grid import WeightGrid
+    from calibration.onnx_int8 import ONNX_GRID
+
+    bits, per_channel, _ = CONFIGS[config]
+    return {
+        "onnxruntime": dataclasses.replace(ONNX_GRID, bits=bits or 8, per_channel=per_channel),
+        "litert": WeightGrid(bits=bits or 8, per_channel=per_channel),
+    }
+
+
+def prepare_model(model: Any, config: str, calib: np.ndarray) -> dict[str, Any]:
+    """BN-folded copies of ``model`` as ``config`` deploys it, one per runtime: the export's
+    remedies for the row's flags (bias correction for each runtime's weight grid), then the
+    weights on an N-bit grid below 8 bits."""
     from calibration.equalize import fold_batchnorm
     from calibration.fakequant import fake_quantize_weights_
     from calibration.int8 import apply_remedies
 
-    bits, per_channel, remedies = CONFIGS[config]
+    bits, _, remedies = CONFIGS[config]
+    grids = config_grids(config)
     prepared = fold_batchnorm(copy.deepcopy(model).eval())
-    prepared, _ = apply_remedies(prepared, calib, REMEDY_OPTIONS[remedies], per_channel, bits or 8)
+    models, _ = apply_remedies(prepared, calib, REMEDY_OPTIONS[remedies], grids)
     if bits is not None and bits < 8:
-        fake_quantize_weights_(prepared, bits, per_channel)
-    return prepared
+        for runtime in {id(m): rt for rt, m in models.items()}.values():  # shared models once
+            fake_quantize_weights_(models[runtime], grids[runtime])
+    return models
 
 
 def write_artifacts(
-    model: Any, config: str, calib: np.ndarray, folder: Path, runtimes: list[str]
+    models: dict[str, Any], config: str, calib: np.ndarray, folder: Path, runtimes: list[str]
 ) -> dict[str, Path]:
     """The files of one configuration: {runtime: path}; int8 through the project's quantisers."""
     import torch
@@ -355,28 +372,34 @@ def write_artifacts(
     bits, per_channel, _ = CONFIGS[config]
     folder.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(calib[:1])
-    if bits is not None:  # as the int8 export does: hard-swish/hard-sigmoid on the int8 fast path
-        from exporters.rewrites import int8_friendly_copy
-
-        model, _ = int8_friendly_copy(model)
     files = {}
-    if "onnxruntime" in runtimes:
-        files["onnxruntime"] = folder / ("model.onnx" if bits is None else "model_int8.onnx")
-        if bits is None:
-            export("onnx-fp32", model, example, files["onnxruntime"])
-        else:
+    for runtime in runtimes:
+        model = models[runtime]
+        if bits is not None:  # as the int8 export does: hard-swish/hard-sigmoid on the int8 fast path
+            from exporters.rewrites import int8_friendly_copy
+
+            model, _ = int8_friendly_copy(model)
+        if runtime == "onnxruntime":
+            files[runtime] = folder / ("model.onnx" if bits is None else "model_int8.onnx")
+            if bits is None:
+                export("onnx-fp32", model, example, files[runtime])
+                continue
+            from calibration.fakequant import levels_by_weight
             from calibration.onnx_int8 import quantize_onnx
 
+            grid = config_grids(config)[runtime]
             export("onnx-fp32", model, example, folder / "model.onnx")
-            quantize_onnx(folder / "model.onnx", files["onnxruntime"], calib, per_channel=per_channel)
-    if "litert" in runtimes:
-        files["litert"] = folder / ("model_fp32.tflite" if bits is None else "model_int8.tflite")
-        if bits is None:
-            export("tflite-fp32", model, example, files["litert"])
-        else:
+            quantize_onnx(
+                folder / "model.onnx", files[runtime], calib, grid=grid, levels=levels_by_weight(model, grid)
+            )
+        elif runtime == "litert":
+            files[runtime] = folder / ("model_fp32.tflite" if bits is None else "model_int8.tflite")
+            if bits is None:
+                export("tflite-fp32", model, example, files[runtime])
+                continue
             from calibration.tflite_int8 import quantize_tflite
 
-            quantize_tflite(model, files["litert"], calib, per_channel=per_channel)
+            quantize_tflite(model, files[runtime], calib, per_channel=per_channel)
     return files
 
 

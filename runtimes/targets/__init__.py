@@ -193,11 +193,12 @@ def run_command(cmd: list[str], timeout: float, what: str, **kwargs: Any) -> sub
 
 
 def names() -> list[str]:
-    return ["local", "pi4-emu", "pi5-emu", "ssh://user@host[:port]", "adb", "adb:SERIAL"]
+    return ["local", "pi4-emu", "pi5-emu", "avx2-emu", "ssh://user@host[:port]", "adb", "adb:SERIAL"]
 
 
 def get_target(spec: str = "local", **options: Any) -> Target:
-    """Parse a target spec: ``local``, ``pi4-emu``, ``pi5-emu``, ``ssh://user@host[:port]``, ``adb[:SERIAL]``.
+    """Parse a target spec: ``local``, ``pi4-emu``, ``pi5-emu``, ``avx2-emu``, ``ssh://user@host[:port]``,
+    ``adb[:SERIAL]``.
 
     ``options`` go to the target's constructor (ssh: key_file, known_hosts, remote_python,
     ssh_options, connect_timeout; adb: remote_python; all: timeout).
@@ -211,6 +212,10 @@ def get_target(spec: str = "local", **options: Any) -> Target:
         from runtimes.targets.qemu import QemuTarget
 
         return QemuTarget(spec, **options)
+    if spec == "avx2-emu":
+        from runtimes.targets.x86emu import X86EmuTarget
+
+        return X86EmuTarget(spec, **options)
     if spec.startswith("ssh://"):
         from runtimes.targets.ssh import SshTarget
 
