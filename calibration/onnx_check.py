@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from calibration.grid import PAIR_LIMIT, max_pair_sums, reads_pairs
+from edgekit.console import ort_log_level
 
 EXACT_LSB = 1  # the float reference may round a boundary value one step the other way
 # A float output (logits from QGemm) is the int32 sum rescaled once: float32 rounding, measured
@@ -219,7 +220,7 @@ def _session(model: bytes, fused: bool) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = ort_log_level()
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if fused else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )

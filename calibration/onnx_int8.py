@@ -23,6 +23,7 @@ import numpy as np
 
 from calibration.grid import PAIR_LIMIT, WeightGrid, reads_pairs
 from calibration.ranges import DEFAULT_METHOD, collect_ranges
+from edgekit.console import ort_log_level
 from edgekit.errors import ExportError
 
 # The grid of ONNX Runtime int8 files: exact on every CPU path (docs/int8.md weighs the alternatives).
@@ -71,6 +72,7 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
                     info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
                     model.graph.output.append(info)
     options = ort.SessionOptions()
+    options.log_severity_level = ort_log_level()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -251,6 +253,7 @@ def fused_ops(path: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-opt-") as tmp:
         optimised = Path(tmp) / "optimised.onnx"
         options = ort.SessionOptions()
+        options.log_severity_level = ort_log_level()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimised)
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

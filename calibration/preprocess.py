@@ -6,6 +6,7 @@ builds its tensors through :func:`load_image` / :func:`to_layout`, so formats se
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,13 @@ def load_image(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             rgb = img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        pixels = next(iter(re.findall(r"\d+", str(exc))), "too many")
+        raise DataError(
+            f"image {path} has {pixels} pixels, more than PIL decodes safely",
+            f"resize it below {Image.MAX_IMAGE_PIXELS // 10**6} megapixels, remove it, "
+            "or pass --skip-bad-images",
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"cannot read image {path}: {exc}", "remove or replace the file, or pass --skip-bad-images"

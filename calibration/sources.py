@@ -21,6 +21,7 @@ import numpy as np
 
 from calibration.preprocess import PreprocessSpec, load_image, preprocess_pil
 from edgekit.errors import DataError
+from edgekit.manifest import check_path
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +57,45 @@ class CalibrationSet:
     detail: dict[str, Any]
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Every image file under ``folder`` (any depth), sorted so that sampling is reproducible."""
-    folder = Path(folder)
+def find_images(folder: str | Path, option: str = "--calib") -> list[Path]:
+    """Every image file under ``folder`` (any depth), sorted so that sampling is reproducible.
+
+    ``option`` is the flag that named the folder, so the hint says what to do with it."""
+    folder = check_path(folder, option)
+    fallback = (
+        "or use --calib builtin" if option == "--calib" else f"or leave out {option} for the built-in photos"
+    )
     if not folder.is_dir():
-        raise DataError(
-            f"{folder} is not a folder", "pass an image folder, a .npy file, 'builtin' or 'random'"
-        )
+        raise DataError(f"{option} {folder} is not a folder", f"pass an existing image folder {fallback}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(
-            f"no images in {folder}",
-            f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) or use --calib builtin",
+            f"no images in {folder} ({option})",
+            f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) {fallback}",
         )
     return files
+
+
+def check_source(source: str | Path | None, samples: int | None) -> None:
+    """Fail before any work on a ``--calib`` / ``--calib-samples`` that cannot give tensors."""
+    if samples is not None and samples < 1:
+        raise DataError(f"--calib-samples must be at least 1, got {samples}", "e.g. --calib-samples 128")
+    if source in (None, "", "builtin", "random"):
+        return
+    path = check_path(source, "--calib")
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise DataError(f"--calib {path} does not exist", "pass an existing .npy file or an image folder")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot read {path}: {exc}", "save it with numpy.save (no pickled objects)"
+            ) from exc
+        if array.dtype.kind == "f" and array.ndim >= 1 and len(array):
+            _check_finite(np.asarray(array), path)
+        return
+    find_images(path)
 
 
 def imagenet_synsets() -> list[str]:
@@ -79,14 +105,14 @@ def imagenet_synsets() -> list[str]:
 
 
 def labelled_images(
-    folder: str | Path, index_file: str | Path | None = None
+    folder: str | Path, index_file: str | Path | None = None, option: str = "--data"
 ) -> list[tuple[Path, int | None]]:
     """Images of ``folder`` with their class index when known.
 
     Labels come from an ``index_file`` (lines ``relative/path.jpg <class index>``) or from an
     ImageFolder layout whose parent folder is an ImageNet synset (``n01440764/...``).
     """
-    files = find_images(folder)
+    files = find_images(folder, option)
     if index_file is not None:
         table = _read_index(Path(index_file))
         return [(p, table.get(p.relative_to(folder).as_posix())) for p in files]
@@ -195,6 +221,7 @@ def npy_tensors(path: Path, spec: PreprocessSpec) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}", "save it with numpy.save (no pickled objects)") from exc
     if array.ndim == 4 and array.shape[1] == 3 and array.dtype == np.float32:
+        _check_finite(array, path)
         if array.shape[2:] != (spec.resolution, spec.resolution):
             raise DataError(
                 f"{path} holds {array.shape[2]}x{array.shape[3]} tensors, the model takes "
@@ -210,6 +237,19 @@ def npy_tensors(path: Path, spec: PreprocessSpec) -> np.ndarray:
     )
 
 
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    """NaN or infinity in calibration tensors would set every range from garbage."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        samples = np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))
+        shown = ", ".join(str(i) for i in samples[:5]) + (" ..." if len(samples) > 5 else "")
+        raise DataError(
+            f"{path} holds {int(bad.sum())} NaN/infinite values in {len(samples)} of {len(array)} samples "
+            f"(sample {shown})",
+            "remove those samples or fix the preprocessing that wrote them",
+        )
+
+
 def calibration_set(
     source: str | Path | None,
     spec: PreprocessSpec,
@@ -219,7 +259,8 @@ def calibration_set(
 ) -> CalibrationSet:
     """Resolve ``--calib`` (None/'builtin', 'random', a folder or a .npy file) into tensors."""
     source = "builtin" if source in (None, "") else source
-    wanted = samples or DEFAULT_SAMPLES
+    check_source(source, samples)
+    wanted = DEFAULT_SAMPLES if samples is None else samples
     if source == "builtin":
         tensors = builtin_tensors(spec, wanted, seed)
         detail = {"photos": [name for name, _ in builtin_photos()], "crops": "random resized crop + flip"}
@@ -228,8 +269,6 @@ def calibration_set(
         return CalibrationSet(random_tensors(spec, wanted, seed), "random", {"distribution": "N(0,1)"})
     path = Path(source)
     if path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise DataError(f"{path} does not exist", "pass an existing .npy file")
         tensors = _take(npy_tensors(path, spec), samples, seed, str(path))
         return CalibrationSet(tensors, str(path), {"kind": "npy"})
     files = _take(find_images(path), samples, seed, str(path))

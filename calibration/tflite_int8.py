@@ -17,6 +17,7 @@ import numpy as np
 
 from calibration.ranges import DEFAULT_METHOD
 from calibration.threads import one_thread
+from edgekit.console import quiet_native
 from edgekit.errors import ExportError
 
 
@@ -129,7 +130,8 @@ def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Input/output name, shape, dtype, scale and zero-point of the int8 file, for the manifest."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path))
+    with quiet_native():
+        interp = Interpreter(model_path=str(path))
 
     def describe(d: dict[str, Any]) -> dict[str, Any]:
         scale, zero = d["quantization"]

@@ -28,7 +28,14 @@ import numpy as np
 
 from edgekit import machine
 from edgekit.errors import ArtifactError, EdgekitError, UsageError
-from edgekit.manifest import MANIFEST, read_manifest, record_result, write_json
+from edgekit.manifest import (
+    MANIFEST,
+    check_writable,
+    read_manifest,
+    record_result,
+    select_formats,
+    write_json,
+)
 
 CV_LIMIT = 0.10
 SETTLE = 0.02
@@ -64,11 +71,20 @@ def bench(
     no_xnnpack: bool = False,
     profile: bool = False,
     out_file: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    formats: list[str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark an artifact folder (every file x every runtime that loads it) or one model file."""
     threads = threads or [1]
     _check_options(threads, warmup, runs, min_time)
+    if out_file:
+        check_writable(Path(out_file).parent, need_bytes=1 << 20)
     folder, jobs, skipped = plan(path, runtimes)
+    if formats:
+        chosen = select_formats(list(dict.fromkeys(j.fmt for j in jobs)), formats)
+        jobs = [j for j in jobs if j.fmt in chosen]
+    if target != "local":
+        jobs, skipped = _runnable_on(target, jobs, skipped)
     results = []
     for job in jobs:
         for n in threads:
@@ -76,10 +92,13 @@ def bench(
                 if target == "local":
                     results.append(measure(job, n, warmup, runs, min_time, not no_xnnpack, profile))
                 else:
-                    results.append(measure_remote(job, n, target, warmup, runs, not no_xnnpack))
+                    results.append(measure_remote(job, n, target, warmup, runs, not no_xnnpack, timeout))
             except _LoadError as exc:
                 skipped.append({"runtime": job.runtime, "format": job.fmt, "reason": str(exc)})
                 break
+    if not results:
+        reasons = "; ".join(f"{s['format'] or 'any'}/{s['runtime']}: {s['reason']}" for s in skipped)
+        raise ArtifactError(f"nothing in {path} could be benchmarked ({reasons})", "re-export the files")
     report = {
         "machine": machine.facts(),
         "target": target,
@@ -91,8 +110,28 @@ def bench(
     if out_file:
         write_json(out_file, report)
     if folder is not None:
-        record_result(folder, "bench", _without_raw(report))
+        stored = record_result(folder, "bench", _without_raw(report))
+        report["stored"] = str(stored) if stored else None
+        if stored is None:
+            report["note"] = f"{folder} is read-only: results not stored there (use --out FILE to keep them)"
     return report
+
+
+def _runnable_on(target: str, jobs: list[Job], skipped: list[dict]) -> tuple[list[Job], list[dict]]:
+    """Only the engines the target's runner has; the rest are skipped with the reason."""
+    from runtimes.targets import ENGINES
+
+    kept = [job for job in jobs if job.runtime in ENGINES]
+    skipped = skipped + [
+        {
+            "runtime": job.runtime,
+            "format": job.fmt,
+            "reason": f"{target} runs {', '.join(ENGINES)} only; {job.path.name} is measured locally",
+        }
+        for job in jobs
+        if job.runtime not in ENGINES
+    ]
+    return kept, skipped
 
 
 def _check_options(threads: list[int], warmup: int | None, runs: int | None, min_time: float) -> None:
@@ -227,12 +266,18 @@ def measure(
 
 
 def measure_remote(
-    job: Job, threads: int, target: str, warmup: int | None, runs: int | None, xnnpack: bool = True
+    job: Job,
+    threads: int,
+    target: str,
+    warmup: int | None,
+    runs: int | None,
+    xnnpack: bool = True,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """One configuration on a target (emulated Pi, SSH, adb) through the standalone runner."""
     from runtimes.targets import get_target
 
-    raw = get_target(target).bench(
+    raw = get_target(target, **({"timeout": timeout} if timeout else {})).bench(
         job.path,
         job.runtime,
         threads=threads,

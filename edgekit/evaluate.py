@@ -21,7 +21,15 @@ import numpy as np
 from calibration.preprocess import PreprocessSpec, to_layout
 from edgekit.errors import ArtifactError, UsageError
 from edgekit.machine import facts, int8_path
-from edgekit.manifest import FORMATS, model_path, read_manifest, record_result
+from edgekit.manifest import (
+    FORMATS,
+    check_writable,
+    model_path,
+    read_manifest,
+    record_result,
+    select_formats,
+    write_json,
+)
 from edgekit.verify import cosine, sqnr_db, top1_agreement, top5_overlap
 
 BUILTIN_IMAGES = 64
@@ -36,19 +44,25 @@ def evaluate(
     limit: int | None = None,
     target: str = "local",
     threads: int = 1,
+    out_file: str | Path | None = None,
+    timeout: float | None = None,
+    formats: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run every artifact on the same images; per-format accuracy and agreement with PyTorch float."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be positive, got {limit}", "pass e.g. --limit 100")
+    if out_file:
+        check_writable(Path(out_file).parent, need_bytes=1 << 20)
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     if "torch" not in manifest["files"]:
         raise ArtifactError(f"{folder} has no torch reference (model.pt2)", "re-run `edgekit export` for it")
     spec = PreprocessSpec.from_dict(manifest["preprocess"])
     images, labels, names, data_desc = load_eval_images(spec, data, limit)
-    remote = None if target == "local" else _remote(target)
+    remote = None if target == "local" else _remote(target, timeout)
     outputs, measured_by = {}, {}
-    for fmt in [f for f in FORMATS if f in manifest["files"]]:
+    chosen = select_formats([f for f in FORMATS if f in manifest["files"]], formats)
+    for fmt in ["torch", *(f for f in chosen if f != "torch")]:  # the reference always runs
         if remote is None or fmt == "torch":  # the float reference is local-only
             outputs[fmt], measured_by[fmt] = run_format(folder, manifest, fmt, images, threads)
         else:
@@ -76,7 +90,15 @@ def evaluate(
             "preprocess": spec.to_dict(),
         },
     }
-    record_result(folder, "eval", result)
+    if labels is None and data is not None:
+        result["measured"]["labels_note"] = (
+            f"no top-1/top-5: the folders of {data} are not ImageNet synsets (agreement with float only)"
+        )
+    if out_file:
+        write_json(out_file, result)
+    stored = record_result(folder, "eval", result)
+    if stored is None:
+        result["note"] = f"{folder} is read-only: results not stored there (use --out FILE to keep them)"
     return result
 
 
@@ -134,10 +156,10 @@ def _cpu(entry: dict[str, Any], machine: dict[str, Any] | None) -> dict[str, Any
     return cpu
 
 
-def _remote(spec: str) -> Any:
+def _remote(spec: str, timeout: float | None) -> Any:
     from runtimes.targets import get_target
 
-    target = get_target(spec)
+    target = get_target(spec, **({"timeout": timeout} if timeout else {}))
     target.check()
     return target
 
@@ -167,6 +189,10 @@ def run_on_target(
     return np.asarray(result["outputs"], dtype=np.float32).reshape(len(images), -1), how
 
 
+def _finite(value: float) -> float | None:
+    return round(value, 2) if np.isfinite(value) else None
+
+
 def figures(
     reference: np.ndarray, output: np.ndarray, labels: np.ndarray | None, names: list[str]
 ) -> dict[str, Any]:
@@ -180,7 +206,7 @@ def figures(
         "top5_overlap": round(100 * top5_overlap(ref, out), 2),
         "cosine": round(float(cos.mean()), 6),
         "cosine_min": round(float(cos.min()), 6),
-        "sqnr_db": round(sqnr_db(ref, out), 2),
+        "sqnr_db": _finite(sqnr_db(ref, out)),  # None: identical outputs (no noise to measure)
         "worst": [{"image": names[i], "cosine": round(float(cos[i]), 6)} for i in np.argsort(cos)[:WORST]],
     }
     if labels is not None:

@@ -174,7 +174,10 @@ def peak_gmacs(kind: str = "fp32", threads: int = 1, n: int = PEAK_SIZE) -> floa
 
     if kind not in ("fp32", "int8"):
         raise ValueError(f"kind must be fp32 or int8, got {kind!r}")
+    from edgekit.console import ort_log_level
+
     so = ort.SessionOptions()
+    so.log_severity_level = ort_log_level()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(_matmul_model(kind, n), so, providers=["CPUExecutionProvider"])

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 MIN_RESOLUTION, MAX_RESOLUTION, STRIDE = 32, 1024, 32
+DETERMINISM = 1e-5  # two forward passes may differ by kernel summation order, never by more
 QUANT_OPTIONS = (
     "calib",
     "calib_samples",
@@ -84,14 +85,21 @@ def export(
     import exporters
 
     chosen = exporters.resolve(formats)
+    exporters.check_available(chosen)
     _check_quant_options(int8, quant_options)
     _check_args(name, resolution)
+    _check_out(out_dir)
+    if int8:
+        from calibration.sources import check_source
+
+        check_source(quant_options.get("calib"), quant_options.get("calib_samples"))
     with _Steps(len(chosen) + 3 + int8) as steps:
         with steps.step(f"build {name}"):
             built = build(
                 name, width=width, resolution=resolution, groups=groups, pretrained=pretrained, seed=seed
             )
         out = Path(out_dir) if out_dir else Path("artifacts") / built.name
+        _check_space(out, built.info["params"], chosen, int8)
         with staged_dir(out) as stage:
             manifest = _new_manifest(built, dynamic_batch, argv)
             files = manifest["files"]
@@ -171,7 +179,7 @@ def _build_zoo(
     # The default folder name tells variants apart: mobilenet_v2_w0.5_r96.
     changed = (("w", width), ("r", None if resolution == entry.resolution else resolution), ("g", groups))
     suffix = "".join(f"_{k}{v}" for k, v in changed if v is not None)
-    return Built(entry.name + suffix, model, spec, info)
+    return Built(name + suffix, model, spec, info)  # the folder keeps the name as typed (an alias too)
 
 
 BN_IMAGES = 32
@@ -225,6 +233,31 @@ def _check_args(name: str, resolution: int | None) -> None:
         check_resolution(resolution)
 
 
+def _check_out(out_dir: str | os.PathLike[str] | None) -> None:
+    """A --out the converters can write: UTF-8, writable, with room (they abort natively otherwise)."""
+    from edgekit.manifest import check_path, check_writable
+
+    out = check_path(out_dir, "--out") if out_dir else Path("artifacts")
+    check_writable(out)
+
+
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def _check_space(out: Path, params: int, chosen: list[Any], int8: bool) -> None:
+    """Room for every file this export writes, and for the int8 step's temporary copies: the
+    converters abort natively (no error to catch) when the disk fills under them."""
+    import tempfile
+
+    from edgekit.manifest import MIN_FREE_BYTES, check_writable
+
+    files = 4 + sum(BYTES_PER_PARAM[e.precision] for e in chosen) + (2 if int8 else 0)
+    need = int(1.5 * params * files) + MIN_FREE_BYTES
+    check_writable(out, need)
+    if int8:
+        check_writable(Path(tempfile.gettempdir()), int(params * 12) + MIN_FREE_BYTES)
+
+
 def _is_file_spec(name: str) -> bool:
     path, _, factory = name.rpartition(":")
     return path.endswith(".py") and bool(factory)
@@ -239,13 +272,24 @@ def _build_file(spec_str: str, resolution: int | None) -> Built:
         raise UsageError(f"no such file {path}", "pass path/to/module.py:factory")
     module_spec = importlib.util.spec_from_file_location(f"edgekit_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: say where it failed, not ours
+        raise UsageError(
+            f"{path} failed to import: {type(exc).__name__}: {exc}",
+            "fix the module; --debug shows the traceback",
+        ) from exc
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise UsageError(
             f"{path} has no function {factory_name!r}", "name a function that returns an nn.Module"
         )
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise UsageError(
+            f"{spec_str} raised {type(exc).__name__}: {exc}", "fix the factory; --debug shows the traceback"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UsageError(
             f"{spec_str} returned {type(model).__name__}, not an nn.Module", "return the network itself"
@@ -276,19 +320,30 @@ def check_resolution(resolution: int) -> None:
 
 
 def _counts(model: nn.Module, resolution: int) -> dict[str, Any]:
-    """Parameters, MACs (FlopCounterMode's FLOPs / 2) and classes, from one forward pass."""
+    """Parameters, MACs (FlopCounterMode's FLOPs / 2) and classes, from one forward pass; and a
+    second pass: an output that changes for the same input cannot be verified in any format."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
     try:
         with counter, torch.inference_mode():
-            logits = model(torch.zeros(1, 3, resolution, resolution))
+            logits = model(x)
+        with torch.inference_mode():
+            again = model(x)
     except RuntimeError as exc:
         raise UsageError(
             f"the network fails at {resolution}x{resolution}: {str(exc).splitlines()[0]}",
             "choose another --resolution",
         ) from exc
+    change = float((again - logits).abs().max()) / max(float(logits.abs().max()), 1e-30)
+    if change > DETERMINISM:
+        raise UsageError(
+            f"the model gives different outputs for the same input (max change {change:.2g} of its output "
+            "scale): exported files cannot be checked against it",
+            "call model.eval() and remove random ops (dropout in train mode, torch.randn, ...) from forward",
+        )
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "macs": counter.get_total_flops() // 2,
@@ -338,7 +393,8 @@ def write_reference(folder: Path, model: nn.Module, dynamic_batch: bool, check: 
     """``model.pt2``: the torch.export program, runnable without the zoo's code."""
     import torch
 
-    from exporters import captured_output, conversion_error
+    from edgekit.console import captured_output
+    from exporters import conversion_error
 
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     example = check.example_for(dynamic_batch)

@@ -8,33 +8,59 @@ from __future__ import annotations
 
 import html as html_lib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.manifest import read_manifest, write_text
+from edgekit.errors import ArtifactError
+from edgekit.manifest import check_path, read_manifest, read_results, stale_files, write_text
 
 PLOT_LATENCY = "report_latency.png"
 PLOT_ACCURACY = "report_latency_accuracy.png"
 PLOT_OPS = "report_op_share.png"
 
 
-def write_report(artifact_dir: str | os.PathLike[str], html: bool = False) -> Path:
-    """Write ``report.md`` (and ``report.html``) into the folder; returns the Markdown path."""
+@dataclass
+class Written:
+    """What ``write_report`` wrote, and the files of the folder found stale (edited since export)."""
+
+    path: Path
+    stale: list[str] = field(default_factory=list)
+
+
+def write_report(
+    artifact_dir: str | os.PathLike[str], html: bool = False, out_dir: str | os.PathLike[str] | None = None
+) -> Written:
+    """Write ``report.md`` (and ``report.html``) into ``out_dir`` (default: the folder itself)."""
     folder = Path(artifact_dir)
     manifest = read_manifest(folder, check_hashes=False)
-    results = manifest.get("results", {})
+    out = check_path(out_dir, "--out") if out_dir else folder
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        raise ArtifactError(f"{out} is read-only: the report cannot be written there", "pass --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    stale = stale_files(folder, manifest)
+    results = {**manifest.get("results", {}), **read_results(folder)}
     bench = results.get("bench") or {}
-    plots = _plots(folder, bench, results.get("eval"))
-    text = "\n".join(_sections(manifest, bench, results.get("eval"), plots)) + "\n"
-    path = write_text(folder / "report.md", text)
+    plots = _plots(out, bench, results.get("eval"))
+    text = "\n".join(_sections(manifest, bench, results.get("eval"), plots, stale)) + "\n"
+    path = write_text(out / "report.md", text)
     if html:
-        write_text(folder / "report.html", to_html(text, manifest.get("model", {}).get("name", folder.name)))
-    return path
+        write_text(out / "report.html", to_html(text, manifest.get("model", {}).get("name", folder.name)))
+    return Written(path, [f"{fmt} ({manifest['files'][fmt]['path']})" for fmt in stale])
 
 
-def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str]) -> list[str]:
+def _sections(
+    manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str], stale: list[str]
+) -> list[str]:
     model = manifest.get("model", {})
     lines = [f"# {model.get('name', 'model')}", ""]
+    if stale:
+        names = ", ".join(f"{fmt} ({manifest['files'][fmt]['path']})" for fmt in stale)
+        lines += [
+            f"**Stale: {names} no longer match the sha256 recorded at export; the figures below "
+            "describe the exported files, not these. Re-run `edgekit export`.**",
+            "",
+        ]
     lines += [f"- {k}: {v}" for k, v in model.items() if not isinstance(v, dict | list)]
     lines += [
         "",
@@ -61,6 +87,17 @@ def _sections(manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str
     return lines
 
 
+def random_weights_note(manifest: dict) -> str:
+    """Said wherever int8 figures of a randomly initialised network are shown."""
+    weights = manifest.get("model", {}).get("weights") or {}
+    if not str(weights.get("init", "")).startswith("random") or "calibration" not in manifest:
+        return ""
+    return (
+        " RANDOM WEIGHTS: the int8 rows describe the quantiser on an untrained network, not a model's "
+        "accuracy; export with --pretrained (or your own weights) for figures that mean something."
+    )
+
+
 def int8_section(manifest: dict) -> list[str]:
     """How the int8 files were made: calibration data, range method, and each remedy with what it
     changed (from ``manifest["calibration"]``); nothing when the folder has no int8 files."""
@@ -75,6 +112,8 @@ def int8_section(manifest: dict) -> list[str]:
         f"- calibration: {calib['source']}, {calib['samples']} samples (seed {calib.get('seed', 0)}), "
         f"ranges: {calib['method']}; weights int8 symmetric {weights}, activations {acts}",
     ]
+    if random_weights_note(manifest):
+        lines.append(f"- **{random_weights_note(manifest).strip()}**")
     remedies = calib.get("remedies") or []
     if not remedies:
         lines.append(
@@ -176,11 +215,11 @@ def fp16_cost(manifest: dict) -> list[str]:
 def _accuracy(evaluation: Any, plots: dict[str, str]) -> list[str]:
     if not evaluation:
         return ["## Accuracy", "", "Not evaluated (run `edgekit eval DIR`).", ""]
-    rows = evaluation.get("results", []) if isinstance(evaluation, dict) else evaluation
+    rows = evaluation.get("formats", []) if isinstance(evaluation, dict) else evaluation
     lines = ["## Accuracy", ""]
     if isinstance(evaluation, dict):
         lines += [
-            f"- {k}: {v}" for k, v in evaluation.items() if k != "results" and not isinstance(v, dict | list)
+            f"- {k}: {v}" for k, v in (evaluation.get("measured") or {}).items() if not isinstance(v, dict)
         ]
         lines.append("")
     if rows:
@@ -366,11 +405,11 @@ def _plot_ops(plt: Any, folder: Path, results: list[dict]) -> str:
 
 def _accuracy_drops(evaluation: Any) -> dict[str, float]:
     """format -> top-1 drop, when the eval result states one (eval's own numbers, not recomputed)."""
-    rows = evaluation.get("results", []) if isinstance(evaluation, dict) else evaluation or []
+    rows = evaluation.get("formats", []) if isinstance(evaluation, dict) else evaluation or []
     return {
-        r["format"]: r["top1_drop"]
+        r["format"]: r["drop_top1"]
         for r in rows
-        if isinstance(r, dict) and r.get("top1_drop") is not None and "format" in r
+        if isinstance(r, dict) and r.get("drop_top1") is not None and "format" in r
     }
 
 

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# A log file or a pipe is not an 80-column terminal: lay tables out at their natural width.
+console = Console(width=None if sys.stdout.isatty() else 200)
+KEY_COLUMNS = 2  # the first columns name what a row is (model, format, runtime): never cut
 
 
 def render(
     title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None
 ) -> None:
-    """Print one table; numbers right-aligned, ``None`` as an em dash."""
+    """Print one table; numbers right-aligned, ``None`` as an em dash; the key columns are never
+    shortened (other text folds onto more lines rather than being cut)."""
     table = Table(title=title, caption=caption, caption_justify="left")
-    rows = [list(r) for r in rows]
+    raw = [list(r) for r in rows]
+    cells = [["—" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in r] for r in raw]
     for i, col in enumerate(columns):
-        numeric = bool(rows) and all(isinstance(r[i], int | float) or r[i] is None for r in rows)
-        table.add_column(col, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*("—" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        numeric = bool(cells) and all(isinstance(r[i], int | float) or r[i] is None for r in raw)
+        width = max([len(col), *(len(r[i]) for r in cells)])
+        if numeric:  # a number is never folded or cut
+            table.add_column(col, justify="right", no_wrap=True, min_width=width)
+        elif i < KEY_COLUMNS:
+            table.add_column(col, no_wrap=True, min_width=width)
+        else:
+            table.add_column(col, overflow="fold")
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -78,6 +89,7 @@ def print_info(result: dict[str, Any]) -> None:
 
 def print_export(manifest: dict[str, Any]) -> None:
     """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
+    from edgekit.report import random_weights_note
     from edgekit.verify import METHOD
 
     rows = []
@@ -111,7 +123,7 @@ def print_export(manifest: dict[str, Any]) -> None:
         ["format", "size", "layout", "max rel err", "cosine min", "top-1 agree", "XNNPACK"],
         rows,
         caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
-        f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|.",
+        f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|." + random_weights_note(manifest),
     )
 
 
@@ -145,6 +157,8 @@ def print_eval(result: dict[str, Any]) -> None:
         f"{measured['images']} images from {measured['data']}; {measured['threads']} thread(s), "
         f"target {measured['target']}; agreement/cosine/SQNR vs {measured['reference']}"
         f"{_int8_cpu(result['formats'])}"
+        + (f". {measured['labels_note']}" if measured.get("labels_note") else "")
+        + ("; SQNR — = identical outputs" if any(r["sqnr_db"] is None for r in result["formats"]) else "")
     )
     render("Accuracy vs PyTorch float", columns, rows, caption)
 

@@ -139,8 +139,11 @@ def run_file(path: str | Path, fmt: str, layout: str, batch: np.ndarray) -> np.n
 def _run_onnx(path: str | Path, data: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
+    from edgekit.console import ort_log_level
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    options.log_severity_level = ort_log_level()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     if isinstance(session.get_inputs()[0].shape[0], int):  # static batch: one sample at a time
@@ -151,9 +154,9 @@ def _run_onnx(path: str | Path, data: np.ndarray) -> np.ndarray:
 def _run_tflite(path: str | Path, data: np.ndarray) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
-    from exporters import captured_output
+    from edgekit.console import quiet_native
 
-    with captured_output():  # the XNNPACK "Created delegate" line comes from C++
+    with quiet_native():  # the XNNPACK "Created delegate" line comes from C++
         interpreter = Interpreter(model_path=str(path), num_threads=1)
         interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]

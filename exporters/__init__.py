@@ -8,18 +8,16 @@ manifest's format name; ``--formats onnx,tflite`` selects exporters by ``family`
 
 from __future__ import annotations
 
-import contextlib
 import importlib
+import importlib.util
 import os
 import re
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ExportError, UsageError
+from edgekit.errors import ExportError, RuntimeUnavailableError, UsageError
 
 
 @dataclass(frozen=True)
@@ -30,19 +28,40 @@ class Exporter:
     precision: str
     layout: str  # the layout of the file's input tensor
     target: str  # "module:function", imported only when used (heavy converters)
+    requires: tuple[str, ...] = ()  # (import name, pip requirement) pairs' import names
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)
 
+    def missing(self) -> list[str]:
+        """The packages this exporter needs that are not installed (checked without importing)."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
 
 EXPORTERS: dict[str, Exporter] = {
     e.fmt: e
     for e in (
-        Exporter("onnx-fp32", "onnx", "model.onnx", "fp32", "NCHW", "exporters.onnx:export"),
-        Exporter("tflite-fp32", "tflite", "model_fp32.tflite", "fp32", "NHWC", "exporters.tflite:export"),
         Exporter(
-            "tflite-fp16", "tflite", "model_fp16.tflite", "fp16", "NHWC", "exporters.tflite:export_fp16"
+            "onnx-fp32", "onnx", "model.onnx", "fp32", "NCHW", "exporters.onnx:export", ("onnx", "onnxslim")
+        ),
+        Exporter(
+            "tflite-fp32",
+            "tflite",
+            "model_fp32.tflite",
+            "fp32",
+            "NHWC",
+            "exporters.tflite:export",
+            ("litert_torch", "ai_edge_litert"),
+        ),
+        Exporter(
+            "tflite-fp16",
+            "tflite",
+            "model_fp16.tflite",
+            "fp16",
+            "NHWC",
+            "exporters.tflite:export_fp16",
+            ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
         ),
     )
 }
@@ -58,38 +77,31 @@ def resolve(formats: list[str] | None) -> list[Exporter]:
     return [e for e in EXPORTERS.values() if e.family in wanted or e.fmt in wanted]
 
 
+PIP_NAMES = {
+    "litert_torch": "litert-torch",
+    "ai_edge_litert": "ai-edge-litert",
+    "ai_edge_quantizer": "ai-edge-quantizer",
+}
+
+
+def check_available(chosen: list[Exporter]) -> None:
+    """Fail before any work when a chosen format's converter is not installed."""
+    for exporter in chosen:
+        missing = exporter.missing()
+        if missing:
+            pip = " ".join(PIP_NAMES.get(m, m) for m in missing)
+            others = ",".join(f for f in FAMILIES if f != exporter.family)
+            raise RuntimeUnavailableError(
+                f"{exporter.fmt} needs {', '.join(missing)}, which is not installed",
+                f"pip install {pip} (the pins are in requirements.lock), or leave it out: --formats {others}",
+            )
+
+
 def export(
     fmt: str, module: Any, example_input: Any, out_path: str | os.PathLike[str], **options: Any
 ) -> dict[str, Any]:
     """Write ``module`` as format ``fmt`` to ``out_path``; returns the exporter's info."""
     return EXPORTERS[fmt].load()(module, example_input, Path(out_path), **options)
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Send fd 1 and 2 to a temp file for the block (converters print from C++ and rich).
-
-    Yields a list that receives the captured text when the block ends, so that a failure can
-    quote the converter's own message while a success keeps stdout clean for ``--json``.
-    """
-    sink: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield sink
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            tmp.seek(0)
-            sink.append(tmp.read().decode("utf-8", "replace"))
 
 
 # Patterns converters use when an op has no lowering; the first capture group is the op.
@@ -110,9 +122,25 @@ def failing_op(text: str) -> str | None:
     return None
 
 
+def user_frame(text: str) -> str | None:
+    """``file:line`` of the last frame outside the installed libraries that an exception quotes."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+    mine = [(f, n) for f, n in frames if "site-packages" not in f and "/lib/python" not in f]
+    return f"{mine[-1][0]}:{mine[-1][1]}" if mine else None
+
+
 def conversion_error(fmt: str, exc: BaseException, log: str = "") -> ExportError:
-    """An ExportError naming the failing op when the converter's message reveals it."""
+    """An ExportError naming the failing op when the converter's message reveals it, or the line
+    of the model that branches on tensor values (data-dependent control flow)."""
     text = f"{exc}\n{log}"
+    if "data-dependent" in text or "DataDependent" in type(exc).__name__:
+        where = user_frame(text)
+        return ExportError(
+            f"{fmt} cannot export the model: it branches on a tensor's value"
+            + (f" at {where}" if where else "")
+            + " (data-dependent control flow)",
+            "compute both branches and select with torch.where (or use torch.cond); --debug shows the trace",
+        )
     op = failing_op(text)
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     where = f" at op {op}" if op else ""

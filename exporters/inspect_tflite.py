@@ -17,7 +17,7 @@ DELEGATE_OP = "DELEGATE"
 
 def describe(path: str | Path) -> dict[str, Any]:
     """``inputs``, ``outputs``, ``ops`` (histogram) and ``xnnpack`` (coverage) of a .tflite."""
-    from exporters import captured_output
+    from edgekit.console import captured_output
 
     with captured_output():  # LiteRT prints "Created TensorFlow Lite XNNPACK delegate" from C++
         plain = _interpreter(path, delegates=False)

@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from exporters import captured_output, conversion_error
+from edgekit.console import captured_output
+from exporters import conversion_error
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

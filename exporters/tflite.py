@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from exporters import captured_output, conversion_error
+from edgekit.console import captured_output
+from exporters import conversion_error
 from exporters.inspect_tflite import describe
 
 

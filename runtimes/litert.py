@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.console import quiet_native
 from runtimes.base import Runtime, Session, quantize, tensor_info
 
 
@@ -50,10 +51,11 @@ class LiteRTSession(Session):
         )
         self.xnnpack = xnnpack
         # The original ops, read before allocate_tensors() applies the delegate.
-        self._interp = tfl.Interpreter(
-            model_path=os.fspath(path), num_threads=threads, experimental_op_resolver_type=resolver
-        )
-        self._interp.allocate_tensors()
+        with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++
+            self._interp = tfl.Interpreter(
+                model_path=os.fspath(path), num_threads=threads, experimental_op_resolver_type=resolver
+            )
+            self._interp.allocate_tensors()
         inp, out = self._interp.get_input_details()[0], self._interp.get_output_details()[0]
         self._in_index, self._out_index = inp["index"], out["index"]
         self._in_dtype, self._out_dtype = np.dtype(inp["dtype"]), np.dtype(out["dtype"])

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.console import ort_log_level
 from runtimes.base import Runtime, Session, quantize, tensor_info
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -68,6 +69,7 @@ class OrtSession(Session):
         if graph_optimization not in OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {OPT_LEVELS}, got {graph_optimization!r}")
         so = ort.SessionOptions()
+        so.log_severity_level = ort_log_level()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

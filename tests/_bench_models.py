@@ -80,9 +80,12 @@ def build(folder: Path, act: str = "relu6", res: int = 32, int8: bool = True) ->
         files["tflite-int8"] = file_entry(
             folder, "model_int8.tflite", layout="NHWC", precision="int8", input=nhwc
         )
+    from calibration.preprocess import PreprocessSpec
+
     manifest = new_manifest(
         model={"name": f"tiny_{act}", "resolution": res, "num_classes": CLASSES, "macs": tiny_macs(res)},
         input={"shape": [1, 3, res, res]},
+        preprocess=PreprocessSpec(resolution=res, resize=res).to_dict(),
     )
     manifest["files"] = files
     write_manifest(folder, manifest)

@@ -10,8 +10,8 @@ import pytest
 from _bench_models import build
 
 from edgekit import bench as bench_mod
-from edgekit.errors import UsageError
-from edgekit.manifest import read_manifest
+from edgekit.errors import ArtifactError, UsageError
+from edgekit.manifest import read_results
 from runtimes import get_runtime
 
 RES = 32
@@ -107,9 +107,9 @@ def test_profile_names_the_slow_ops(report):
 
 
 def test_recorded_and_written(report, art):
-    stored = read_manifest(art)["results"]["bench"]
+    stored = read_results(art)["bench"]  # bench.json beside the manifest, which is never rewritten
     assert len(stored["results"]) == len(report["results"])
-    assert "latencies_ms" not in stored["results"][0]  # raw runs go to --out, not the manifest
+    assert "latencies_ms" not in stored["results"][0]  # raw runs go to --out, not the folder
     written = json.loads(Path(report["_out"]).read_text())
     assert written["results"][0]["runs"] == len(written["results"][0]["latencies_ms"])
 
@@ -126,10 +126,12 @@ def test_missing_runtime_is_skipped(art, monkeypatch):
     from runtimes.litert import LiteRTRuntime
 
     monkeypatch.setattr(LiteRTRuntime, "available", lambda self: (False, "pip install ai-edge-litert"))
-    result = bench_mod.bench(art / "model_fp32.tflite", warmup=0, runs=2)
-    assert result["results"] == []
-    assert result["skipped"] == [
-        {"runtime": "litert", "format": "tflite-fp32", "reason": "pip install ai-edge-litert"}
+    # Nothing could run: an error that carries each skip's reason (it was an empty table, exit 0).
+    with pytest.raises(ArtifactError, match="tflite-fp32/litert: pip install ai-edge-litert"):
+        bench_mod.bench(art / "model_fp32.tflite", warmup=0, runs=2)
+    result = bench_mod.bench(art, runtimes=["onnxruntime", "litert"], warmup=0, runs=2)
+    assert {"runtime": "litert", "format": "tflite-fp32", "reason": "pip install ai-edge-litert"} in result[
+        "skipped"
     ]
 
 

@@ -271,7 +271,7 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(ArtifactError, match="cannot write"):
+    with pytest.raises(ArtifactError, match="file is a file, not a folder"):
         pipeline.export("mobilenet_v2", out_dir=blocker / "out", formats=["onnx"], **TINY)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from _bench_models import build
 
-from edgekit import bench, report
-from edgekit.manifest import read_manifest, record_result
+from edgekit import bench, evaluate, report
+from edgekit.manifest import read_results
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def art(tmp_path_factory) -> Path:
 
 
 def test_sections_and_notes(art):
-    path = report.write_report(art, html=True)
+    path = report.write_report(art, html=True).path
     text = path.read_text()
     for section in (
         "# tiny_hardswish",
@@ -32,7 +32,7 @@ def test_sections_and_notes(art):
         "How measured:",
     ):
         assert section in text, section
-    stored = read_manifest(art)["results"]["bench"]["results"]
+    stored = read_results(art)["bench"]["results"]
     rows = [line for line in text.splitlines() if line.startswith("| onnx-") or line.startswith("| tflite-")]
     latency_rows = [line for line in rows if "thread(s)" in line]
     assert len(latency_rows) == len(stored)  # one row per result, each with its measurement note
@@ -45,22 +45,18 @@ def test_sections_and_notes(art):
     assert "<table>" in html and f'src="{report.PLOT_LATENCY}"' in html
 
 
-def test_reads_eval_without_recomputing(art):
-    record_result(
-        art,
-        "eval",
-        {
-            "data": "builtin photos",
-            "measured": "onnxruntime, 1 thread",
-            "results": [{"format": "onnx-int8", "top1": 0.5, "top1_drop": 0.04}],
-        },
-    )
-    text = report.write_report(art).read_text()
-    assert "| onnx-int8 | 0.5 | 0.04 |" in text and "data: builtin photos" in text
-    assert (art / report.PLOT_ACCURACY).is_file()
+def test_reads_a_real_eval_without_recomputing(art):
+    """`edgekit eval` then `edgekit report`: the report's accuracy table is eval's own rows."""
+    result = evaluate.evaluate(art, limit=4)
+    text = report.write_report(art).path.read_text()
+    for row in result["formats"]:
+        assert f"| {row['format']} |" in text
+    assert f"- images: {result['measured']['images']}" in text
+    int8 = next(r for r in result["formats"] if r["format"] == "onnx-int8")
+    assert f"| {int8['agreement_top1']:.4g} |" in text or f"| {int8['agreement_top1']} |" in text
 
 
 def test_without_bench(tmp_path):
     folder = build(tmp_path / "nb", res=16, int8=False)
-    text = report.write_report(folder).read_text()
+    text = report.write_report(folder).path.read_text()
     assert "Not benchmarked" in text and "Not evaluated" in text

@@ -7,7 +7,6 @@ import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from edgekit.errors import TargetError, UsageError
 from runtimes.targets import RUNNER, get_target
@@ -310,75 +310,6 @@ def test_pi5_emu_runs_int8_litert(models, batch, x86):
 # --- SSH against a real OpenSSH server on 127.0.0.1 ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if (
-        not Path("/usr/sbin/sshd").exists()
-        or shutil.which("ssh") is None
-        or shutil.which("ssh-keygen") is None
-    ):
-        pytest.skip("OpenSSH server/client not installed (scripts/test-deps.sh installs them)")
-    folder = tmp_path_factory.mktemp("sshd")
-    _keygen(folder / "host_key")
-    _keygen(folder / "user_key")
-    shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
-    port = _free_port()
-    config = folder / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {folder / 'host_key'}",
-                f"PidFile {folder / 'sshd.pid'}",
-                f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                "StrictModes no",
-                "UsePAM no",
-                "Subsystem sftp /usr/lib/openssh/sftp-server",
-                "",
-            ]
-        )
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation folder sshd insists on
-    proc = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None:
-            pytest.skip(f"sshd did not start: {proc.stderr.read().strip()[-200:]}")
-        time.sleep(0.1)
-    key_type, key = (folder / "host_key.pub").read_text().split()[:2]
-    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
-    (folder / "empty_known_hosts").write_text("")
-    yield {
-        "port": port,
-        "key_file": str(folder / "user_key"),
-        "known_hosts": str(folder / "known_hosts"),
-        "empty_known_hosts": str(folder / "empty_known_hosts"),
-    }
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def _ssh(sshd, known_hosts: str | None = None, remote_python: str = sys.executable):
     return get_target(
         f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}",
@@ -408,7 +339,7 @@ def test_ssh_unknown_host_key_is_refused(sshd, models):
 
 def test_ssh_unreachable_port_fails_fast(sshd):
     target = get_target(
-        f"ssh://nobody@127.0.0.1:{_free_port()}", known_hosts=sshd["known_hosts"], connect_timeout=3
+        f"ssh://nobody@127.0.0.1:{free_port()}", known_hosts=sshd["known_hosts"], connect_timeout=3
     )
     start = time.monotonic()
     with pytest.raises(TargetError, match="cannot reach") as err:

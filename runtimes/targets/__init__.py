@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 RUNNER = Path(__file__).resolve().parent.parent / "runner.py"
+ENGINES = ("onnxruntime", "litert")  # what runner.py can load (model.pt2 needs torch: local only)
 INPUT_FILE = "input.npy"
 OUTPUT_FILE = "output.npy"
 EMULATION_NOTE = "qemu user-mode emulation: not representative of the device"
@@ -186,7 +187,7 @@ def run_command(cmd: list[str], timeout: float, what: str, **kwargs: Any) -> sub
     except subprocess.TimeoutExpired as exc:
         raise TargetError(
             f"{what} did not finish within {timeout:.0f} s",
-            "the target is too slow or hanging; raise the timeout or check the target",
+            "the target is too slow or hanging: check it, or allow more with --timeout SECONDS",
         ) from exc
     except FileNotFoundError as exc:
         raise TargetError(f"{cmd[0]} not found", f"install {cmd[0]} to use this target") from exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from edgekit.errors import TargetError, UsageError
 from runtimes.targets import Target, run_command
@@ -62,8 +62,17 @@ class SshTarget(Target):
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> SshTarget:
-        """``ssh://user@host[:port]`` (also ``user@host[:port]``, what ``PI_HOST`` holds)."""
+        """``ssh://user@host[:port][?python=/path/to/python3]`` (also ``user@host[:port]``, what
+        ``PI_HOST`` holds); ``python=`` names the board's interpreter (e.g. a venv with the engines)."""
         parts = urlsplit(url if url.startswith("ssh://") else f"ssh://{url}")
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"python"}
+        if unknown:
+            raise UsageError(
+                f"unknown option {', '.join(sorted(unknown))} in {url!r}", "only ?python=PATH is known"
+            )
+        if "python" in query:
+            options = {"remote_python": query["python"][-1], **options}
         try:
             port = parts.port or 22
         except ValueError as exc:
