@@ -34,7 +34,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) -m edgekit.benchzoo --out bench
+	$(PY) -m edgekit.studies.benchzoo --out bench
 
 lint: setup
 	$(VENV)/bin/ruff check edgekit exporters runtimes calibration tests
@@ -44,15 +44,15 @@ pi-rootfs:
 	bash scripts/pi-rootfs.sh
 
 pi-bench: setup pi-rootfs
-	$(PY) -m edgekit.pibench --out bench/pi
+	$(PY) -m edgekit.studies.pibench --out bench/pi
 
 docs: depthwise guidelines
 
 depthwise: setup
-	$(PY) -m edgekit.analysis.depthwise_doc --out docs/depthwise.md
+	$(PY) -m edgekit.studies.depthwise_doc --out docs/depthwise.md
 
 guidelines: setup
-	$(PY) -m edgekit.analysis.guidelines_doc --out docs/guidelines.md
+	$(PY) -m edgekit.studies.guidelines_doc --out docs/guidelines.md
 
 clean:
 	rm -rf $(ARTIFACTS) build *.egg-info .pytest_cache .ruff_cache

@@ -1,130 +1,113 @@
-"""The int8 step of an export: one calibration set, both quantisers, verified, in the manifest.
+"""The int8 step: one calibration set, the remedies on each format's weight grid, one request per file.
 
-Called by the export pipeline with a staging folder that already holds the float files::
+    prepared = prepare(model, spec, config, formats)     # formats: the int8 Formats to write
+    for fmt in formats:
+        model, request = prepared.requests[fmt.name]     # what that format's writer takes
+    prepared.record                                      # manifest["calibration"]
 
-    quantize_all(stage_dir, manifest, model, options)
-
-``options``: calib (None/'builtin' | folder | .npy | 'random'), calib_samples, calib_method,
-per_tensor, symmetric_activations, skip_bad_images, equalize, equalize_streams, gptq, bias_correct
-(None: the default of ``DEFAULT_REMEDIES``), seed. Writes
-``model_int8.onnx`` / ``model_int8.tflite`` for the float formats present, their ``files`` entries
-(with input/output quantisation and verification figures) and ``manifest["calibration"]``.
+Every int8 format is calibrated on the same tensors with the same preprocessing, so the formats
+can be compared; the float model is remedied once (equalisation), then per weight grid (GPTQ and
+bias correction are grid-dependent: ONNX Runtime's files keep same-sign weight pairs within 128,
+LiteRT's do not), then rewritten for the int8 fast paths. Writing and verifying the files is the
+pipeline's job.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from calibration.config import QuantConfig
 from calibration.grid import WeightGrid
 from calibration.preprocess import PreprocessSpec
-from calibration.ranges import DEFAULT_METHOD, METHODS
-from calibration.sources import calibration_set
+from calibration.sources import CalibrationSet, calibration_set
 from calibration.threads import one_thread
-from edgekit.errors import UsageError
-from edgekit.manifest import file_entry
 
 
-def quantize_all(stage_dir: Path, manifest: dict[str, Any], model: Any, options: dict[str, Any]) -> None:
-    """Write the int8 files of every float format in ``manifest["files"]`` (see module doc)."""
-    stage_dir = Path(stage_dir)
-    spec = PreprocessSpec.from_dict(manifest["preprocess"])
-    method = options.get("calib_method") or DEFAULT_METHOD
-    if method not in METHODS:
-        raise UsageError(f"unknown calibration method {method!r}", f"use one of {', '.join(METHODS)}")
-    per_channel = not options.get("per_tensor", False)
-    symmetric = bool(options.get("symmetric_activations", False))
-    seed = int(options.get("seed") or 0)
-    calib = calibration_set(
-        options.get("calib"),
-        spec,
-        options.get("calib_samples"),
-        seed,
-        bool(options.get("skip_bad_images", False)),
-    )
-    files = manifest["files"]
-    grids = format_grids([fmt for fmt in files], per_channel)
-    models, remedies = apply_remedies(model, calib.tensors, options, grids)
-    record: dict[str, Any] = {
-        "source": calib.source,
-        "samples": len(calib.tensors),
-        "method": method,
-        "per_channel": per_channel,
-        "symmetric_activations": symmetric,
-        "seed": seed,
-        "detail": calib.detail,
-        "remedies": remedies,
-        "weight_grids": {fmt: grid.describe() for fmt, grid in grids.items()},
-        "activation_ranges": {},
-    }
-    # int8 fast paths (exporters/rewrites.py): hard-swish/hard-sigmoid as ops with int8 kernels, on a copy
+@dataclass
+class Int8Request:
+    """What an int8 writer needs beside the model: the calibration tensors and the grid."""
+
+    tensors: np.ndarray  # NCHW float32, preprocessed
+    method: str
+    grid: WeightGrid
+    symmetric_activations: bool
+    changed: bool  # the float graph differs from the float file (remedies, rewrites): re-export it
+    levels: dict[str, list[int]] | None  # the grid GPTQ/bias correction rounded onto, by weight name
+    check_batch: np.ndarray | None = None  # real images for the writer's own exactness checks
+
+
+@dataclass
+class Prepared:
+    requests: dict[str, tuple[Any, Int8Request]]  # format name -> (model to write, request)
+    record: dict[str, Any]  # manifest["calibration"]
+
+
+def prepare(
+    model: Any,
+    spec: PreprocessSpec,
+    config: QuantConfig,
+    formats: list[Any],
+    check_batch: np.ndarray | None = None,
+    calib: CalibrationSet | None = None,
+) -> Prepared:
+    """Calibration set (``calib``, or the one ``config`` names), remedies per grid, int8 fast-path
+    rewrites; one request per format."""
+    from calibration.fakequant import levels_by_weight
     from exporters.rewrites import int8_friendly_copy
 
-    friendly = {fmt: int8_friendly_copy(m) for fmt, m in models.items()}
-    record["rewrites"] = next(iter(friendly.values()))[1] if friendly else {"rewritten": {}}
-    if "onnx-int8" in friendly:
-        net = friendly["onnx-int8"][0]
-        checks = _verification_inputs(net, spec)
-        changed = bool(remedies) or bool(record["rewrites"]["rewritten"])
-        record["activation_ranges"]["onnx"] = _onnx(
-            stage_dir, files, net, calib.tensors, method, grids["onnx-int8"], symmetric, changed, checks
-        )
-    if "tflite-int8" in friendly:
-        net = friendly["tflite-int8"][0]
-        checks = _verification_inputs(net, spec)
-        record["activation_ranges"]["tflite"] = _tflite(
-            stage_dir, files, net, calib.tensors, method, per_channel, symmetric, checks
-        )
-    manifest["calibration"] = record
-
-
-def format_grids(float_formats: list[str], per_channel: bool) -> dict[str, WeightGrid]:
-    """The weight grid of each int8 file to write, keyed by its format: ONNX Runtime's x86 kernels
-    without VNNI add weight pairs in int16 (calibration.grid), so its files keep them in range;
-    XNNPACK widens before multiplying, so LiteRT's keep the full grid."""
-    from calibration.onnx_int8 import ONNX_GRID
-
-    grids = {}
-    if "onnx-fp32" in float_formats:
-        grids["onnx-int8"] = dataclasses.replace(ONNX_GRID, per_channel=per_channel)
-    if "tflite-fp32" in float_formats:
-        grids["tflite-int8"] = WeightGrid(bits=8, per_channel=per_channel)
-    return grids
-
-
-# Stream equalisation and bias correction are on unless switched off. Streams: the residual
-# stream's few large channels set the per-tensor activation grid; balanced against the weights
-# reading them (exact in float) logits SQNR +1 dB in both formats. Bias correction: removes the
-# mean output shift the int8 weight grid puts on every layer (weights-only logits SQNR 21.5 ->
-# 29.5 dB; +1 dB end to end). Pretrained MobileNetV2 per-channel; docs/int8.md. Cross-layer
-# equalisation is opt-in: it helps per-tensor weights, not per-channel ones. GPTQ rounding is
-# opt-in: it matters below 8 bits (per-tensor W6A8 after CLE: -4.4 -> -1.2 top-1, docs/depthwise.md)
-# and costs a pass over the calibration set plus ~30 s at 224 px.
-DEFAULT_REMEDIES = {"equalize": False, "equalize_streams": True, "gptq": False, "bias_correct": True}
-
-
-def remedies_asked(options: dict[str, Any]) -> dict[str, bool]:
-    """The remedies an export runs: the options given, the defaults for those left unset (None)."""
-    return {
-        name: bool(default if options.get(name) is None else options[name])
-        for name, default in DEFAULT_REMEDIES.items()
+    if calib is None:
+        calib = calibration_set(config.calib, spec, config.calib_samples, config.seed, config.skip_bad_images)
+    grids = {
+        f.name: dataclasses.replace(f.weight_grid(config.per_channel), bits=config.weight_bits)
+        for f in formats
     }
+    models, remedies = apply_remedies(model, calib.tensors, config, grids)
+    folded = any(config.remedies().values()) or config.weight_bits < 8  # a BN-folded, changed copy
+    requests, rewrites = {}, {"rewritten": {}}
+    for fmt in formats:
+        friendly, rewrites = int8_friendly_copy(models[fmt.name])
+        request = Int8Request(
+            tensors=calib.tensors,
+            method=config.calib_method,
+            grid=grids[fmt.name],
+            symmetric_activations=config.symmetric_activations,
+            changed=folded or bool(rewrites["rewritten"]),
+            # Weight names are the exporter's; levels only from a BN-folded model (as exported).
+            levels=levels_by_weight(friendly, grids[fmt.name]) if folded else None,
+            check_batch=check_batch,
+        )
+        requests[fmt.name] = (friendly, request)
+    record = {
+        "source": calib.source,
+        "samples": len(calib.tensors),
+        "method": config.calib_method,
+        "per_channel": config.per_channel,
+        "symmetric_activations": config.symmetric_activations,
+        "weight_bits": config.weight_bits,
+        "seed": config.seed,
+        "detail": calib.detail,
+        "remedies": remedies,
+        "rewrites": rewrites,
+        "weight_grids": {name: grid.describe() for name, grid in grids.items()},
+        "activation_ranges": {},
+    }
+    return Prepared(requests, record)
 
 
 def apply_remedies(
-    model: Any, tensors: np.ndarray, options: dict[str, Any], grids: dict[str, WeightGrid]
+    model: Any, tensors: np.ndarray, config: QuantConfig, grids: dict[str, WeightGrid]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Cross-layer and stream equalisation on a copy of the float model, then for each weight grid
     GPTQ rounding and bias correction (last: it corrects the final weights on the grid they will
-    be rounded onto, or GPTQ's codes on it), as asked. Returns one model per key of ``grids``
-    (formats sharing a grid share the model) and what each remedy changed."""
-    asked = remedies_asked(options)
-    if not any(asked.values()):
+    be rounded onto, or GPTQ's codes on it) and, below 8 bits, the weights put on that grid.
+    Returns one model per key of ``grids`` (equal grids share one) and what each remedy changed."""
+    asked = config.remedies()
+    if not any(asked.values()) and config.weight_bits == 8:
         return dict.fromkeys(grids, model), []
     from calibration import equalize
 
@@ -154,8 +137,9 @@ def apply_remedies(
 def _round_and_correct(
     model: Any, batches: list[np.ndarray], asked: dict[str, bool], grid: WeightGrid
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """GPTQ and bias correction for one weight grid, in place."""
+    """GPTQ and bias correction for one weight grid, then the weights onto it below 8 bits; in place."""
     from calibration import equalize
+    from calibration.fakequant import fake_quantize_weights_
 
     done = []
     rounded = None
@@ -171,6 +155,8 @@ def _round_and_correct(
         done.append({"name": "bias_correct", "grid": grid.describe(), **report})
     if rounded:
         _load_weights(model, rounded)
+    elif grid.bits < 8:
+        fake_quantize_weights_(model, grid)
     return model, done
 
 
@@ -182,111 +168,6 @@ def _load_weights(model: Any, weights: dict[str, Any]) -> None:
             model.get_submodule(name).weight.copy_(w)
 
 
-def _onnx(
-    stage: Path,
-    files: dict[str, Any],
-    model: Any,
-    tensors: np.ndarray,
-    method: str,
-    grid: WeightGrid,
-    symmetric: bool,
-    changed: bool,
-    checks: dict[str, Any],
-) -> dict[str, list[float]]:
-    from calibration import onnx_int8
-    from calibration.fakequant import levels_by_weight
-
-    src = stage / files["onnx-fp32"]["path"]
-    levels = None
-    with tempfile.TemporaryDirectory(prefix="edgekit-remedied-") as tmp:
-        if changed:  # the float graph changed: quantise a fresh export of the remedied model
-            import torch
-
-            from exporters import onnx as onnx_exporter
-
-            src = Path(tmp) / "remedied.onnx"
-            onnx_exporter.export(model, torch.from_numpy(tensors[:1]), src)
-            levels = levels_by_weight(model, grid)  # the grid GPTQ and bias correction used
-        info = onnx_int8.quantize_onnx(
-            src,
-            stage / "model_int8.onnx",
-            tensors,
-            method=method,
-            grid=grid,
-            levels=levels,
-            symmetric_activations=symmetric,
-        )
-    path = stage / "model_int8.onnx"
-    files["onnx-int8"] = _int8_entry(
-        path,
-        "NCHW",
-        onnx_int8.io_quantisation(path),
-        checks,
-        quantizer="onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid",
-        weight_grid=grid.describe(),
-        fused_ops=onnx_int8.fused_ops(path),
-    )
-    return _rounded(info["activation_ranges"])
-
-
-def _tflite(
-    stage: Path,
-    files: dict[str, Any],
-    model: Any,
-    tensors: np.ndarray,
-    method: str,
-    per_channel: bool,
-    symmetric: bool,
-    checks: dict[str, Any],
-) -> dict[str, list[float]]:
-    from calibration import tflite_int8
-
-    path = stage / "model_int8.tflite"
-    info = tflite_int8.quantize_tflite(
-        model, path, tensors, method=method, per_channel=per_channel, symmetric_activations=symmetric
-    )
-    files["tflite-int8"] = _int8_entry(
-        path,
-        "NHWC",
-        tflite_int8.io_quantisation(path),
-        checks,
-        quantizer="litert-torch PT2E (full integer) with edgekit range observers",
-    )
-    return _rounded(info["activation_ranges"])
-
-
-def _int8_entry(
-    path: Path, layout: str, io: tuple[dict[str, Any], dict[str, Any]], checks: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    """The manifest entry of an int8 file: hashes, I/O scales, and its check against float."""
-    fmt = "onnx-int8" if path.suffix == ".onnx" else "tflite-int8"
-    inp, out = io
-    return file_entry(
-        path.parent,
-        path.name,
-        format=fmt,
-        precision="int8",
-        layout=layout,
-        input=inp,
-        output=out,
-        **extra,
-        verification=_verify(path, fmt, layout, checks),
-    )
-
-
-def _verification_inputs(model: Any, spec: PreprocessSpec) -> dict[str, Any]:
-    from edgekit import verify
-
-    inputs = verify.reference_inputs(spec)
-    return {"inputs": inputs, "references": {k: verify.torch_logits(model, v) for k, v in inputs.items()}}
-
-
-def _verify(path: Path, fmt: str, layout: str, checks: dict[str, Any]) -> dict[str, Any]:
-    """int8 vs the PyTorch float model: figures recorded, no gate (the eval step judges accuracy)."""
-    from edgekit import verify
-
-    return verify.verify_file(path, fmt, "int8", layout, checks["inputs"], checks["references"])
-
-
-def _rounded(ranges: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+def rounded_ranges(ranges: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Activation ranges as the manifest records them (6 decimals)."""
     return {name: [round(float(lo), 6), round(float(hi), 6)] for name, (lo, hi) in ranges.items()}

@@ -14,6 +14,7 @@ the same on x86 CPUs without VNNI as on every other (``calibration.grid``; check
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -22,12 +23,55 @@ from typing import Any
 import numpy as np
 
 from calibration.grid import PAIR_LIMIT, WeightGrid, reads_pairs
+from calibration.onnx_check import layer_check, pair_report
 from calibration.ranges import DEFAULT_METHOD, collect_ranges
 from edgekit.console import ort_log_level
 from edgekit.errors import ExportError
+from edgekit.formats import WriteRequest
 
 # The grid of ONNX Runtime int8 files: exact on every CPU path (docs/int8.md weighs the alternatives).
 ONNX_GRID = WeightGrid(bits=8, per_channel=True, pair_limit=PAIR_LIMIT)
+QUANTIZER = "onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid"
+
+
+def weight_grid(per_channel: bool) -> WeightGrid:
+    """The ``onnx-int8`` format's grid (the format registry names this function)."""
+    return dataclasses.replace(ONNX_GRID, per_channel=per_channel)
+
+
+def write(request: WriteRequest) -> dict[str, Any]:
+    """The ``onnx-int8`` writer: the float file (``request.source``), or a fresh export of the
+    remedied model when the float graph changed, quantised on the request's grid and ranges."""
+    from exporters import onnx as onnx_exporter
+
+    q = request.int8
+    with tempfile.TemporaryDirectory(prefix="edgekit-remedied-") as tmp:
+        src = request.source
+        if q.changed:
+            src = Path(tmp) / "remedied.onnx"
+            onnx_exporter.export(request.model, request.example, src)
+        info = quantize_onnx(
+            src,
+            request.path,
+            q.tensors,
+            method=q.method,
+            grid=q.grid,
+            levels=q.levels if q.changed else None,
+            symmetric_activations=q.symmetric_activations,
+        )
+    inp, out = io_quantisation(request.path)
+    exactness = pair_report(request.path).to_dict()
+    if q.check_batch is not None:
+        exactness["host"] = layer_check(request.path, q.check_batch).to_dict()
+    return {
+        "input": inp,
+        "output": out,
+        "quantizer": QUANTIZER,
+        "weight_grid": q.grid.describe(),
+        "fused_ops": fused_ops(request.path),
+        "exactness": exactness,
+        "activation_ranges": info["activation_ranges"],
+    }
 
 
 def preprocess_model(src: Path, dst: Path) -> Path:

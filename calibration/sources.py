@@ -120,6 +120,13 @@ def labelled_images(
     return [(p, synsets.get(p.parent.name)) for p in files]
 
 
+def evenly_spaced(items: list[Any], limit: int | None) -> list[Any]:
+    """At most ``limit`` of ``items``, evenly spaced, so a limited run still covers every class folder."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
 def _read_index(path: Path) -> dict[str, int]:
     table = {}
     for n, line in enumerate(path.read_text().splitlines(), 1):

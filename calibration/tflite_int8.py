@@ -15,10 +15,43 @@ from typing import Any
 
 import numpy as np
 
+from calibration.grid import INT8_GRID, WeightGrid
 from calibration.ranges import DEFAULT_METHOD
 from calibration.threads import one_thread
 from edgekit.console import quiet_native
 from edgekit.errors import ExportError
+from edgekit.formats import WriteRequest
+
+QUANTIZER = "litert-torch PT2E (full integer) with edgekit range observers"
+
+
+def weight_grid(per_channel: bool) -> WeightGrid:
+    """The ``tflite-int8`` format's grid: XNNPACK widens before multiplying, no pair limit."""
+    return dataclasses.replace(INT8_GRID, per_channel=per_channel)
+
+
+def write(request: WriteRequest) -> dict[str, Any]:
+    """The ``tflite-int8`` writer: PT2E on the request's model, calibrated on its tensors."""
+    from exporters.inspect_tflite import describe
+
+    q = request.int8
+    info = quantize_tflite(
+        request.model,
+        request.path,
+        q.tensors,
+        method=q.method,
+        per_channel=q.grid.per_channel,
+        symmetric_activations=q.symmetric_activations,
+    )
+    inp, out = io_quantisation(request.path)
+    return {
+        "input": inp,
+        "output": out,
+        "quantizer": QUANTIZER,
+        "weight_grid": q.grid.describe(),
+        **describe(request.path),
+        "activation_ranges": info["activation_ranges"],
+    }
 
 
 def quantization_config(per_channel: bool, symmetric_activations: bool, method: str) -> Any:
@@ -65,7 +98,7 @@ def quantize_tflite(
     sample = (nhwc[:1],)
     config = quantization_config(per_channel, symmetric_activations, method)
     # int8 fast path (exporters/rewrites.py): also quantise the residual adds/muls the stock annotators miss
-    from exporters.rewrites import fast_path_quantizer
+    from calibration.annotations import fast_path_quantizer
 
     quantizer = fast_path_quantizer(config)
     try:

@@ -1,6 +1,6 @@
-"""Latency harness: every (format, runtime, threads) of an artifact folder or one model file.
+"""Latency harness: every (format, engine, threads) of an artifact folder or one model file.
 
-How a figure is measured (also written into every result's ``measured`` field):
+How a figure is measured (also written into every row's ``measured`` field):
 - input: one seeded random batch of 1 in the file's layout and dtype, converted once by the
   session's ``prepare`` (int8 inputs quantised with the file's scale/zero point) outside the timing;
 - warm-up: ``--warmup N`` runs, or windows of 10 runs until two consecutive window medians agree
@@ -12,6 +12,8 @@ How a figure is measured (also written into every result's ``measured`` field):
   /proc/self/clear_refs before loading, minus VmRSS before loading), in this process;
 - efficiency: manifest MACs / p50 against the host's peak GEMM rate measured now
   (:mod:`edgekit.machine`) at the same thread count, float32 or int8.
+
+The result is a :class:`BenchResult`; ``to_dict`` is what ``--json`` prints and ``bench.json`` holds.
 """
 
 from __future__ import annotations
@@ -20,22 +22,17 @@ import gc
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgekit import formats as fmts
 from edgekit import machine
 from edgekit.errors import ArtifactError, EdgekitError, UsageError
-from edgekit.manifest import (
-    MANIFEST,
-    check_writable,
-    read_manifest,
-    record_result,
-    select_formats,
-    write_json,
-)
+from edgekit.manifest import MANIFEST, FileEntry, check_writable, read_manifest, record_result, write_json
+from runtimes.base import time_calls
 
 CV_LIMIT = 0.10
 SETTLE = 0.02
@@ -51,13 +48,103 @@ OP_TIME_RUNS = 20  # profiled runs behind the int8-vs-float32 explanation
 
 @dataclass
 class Job:
-    """One file to benchmark with one runtime."""
+    """One file to benchmark with one engine."""
 
-    fmt: str
+    fmt: fmts.Format
     path: Path
     runtime: str
-    entry: dict[str, Any] = field(default_factory=dict)  # the manifest's files[fmt]
+    entry: FileEntry | None = None
     macs: int | None = None
+
+
+@dataclass
+class BenchRow:
+    """One (file, engine, threads): latency statistics and the figures derived from them."""
+
+    format: str
+    runtime: str
+    target: str
+    threads: int
+    file: str
+    precision: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    cv: float
+    unstable: bool
+    runs: int
+    warmup: int
+    first_ms: float | None
+    throughput: float | None
+    size_bytes: int
+    macs: int | None
+    runtime_version: str | None
+    provider: str
+    input_dtype: str | None
+    emulated: bool
+    cpu: str | None
+    measured: str = ""
+    int8_path: str | None = None
+    gmacs_per_s: float | None = None
+    peak_gmacs_per_s: float | None = None
+    peak_kind: str | None = None
+    efficiency: float | None = None
+    load_ms: float | None = None
+    rss_delta_mb: float | None = None
+    note: str | None = None
+    profile: dict[str, Any] | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None or k in _ALWAYS}
+        if not raw:
+            data.pop("latencies_ms")
+        return data
+
+
+_ALWAYS = {"gmacs_per_s", "peak_gmacs_per_s", "efficiency", "rss_delta_mb", "first_ms", "throughput", "macs"}
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    target: str
+    method: dict[str, str]
+    results: list[BenchRow]
+    skipped: list[dict[str, Any]]
+    int8_vs_fp32: list[dict[str, Any]]
+    note: str | None = None
+    stored: str | None = None
+
+    def to_dict(self, raw: bool = True) -> dict[str, Any]:
+        """``raw=False`` leaves the per-run latencies out (what the folder's bench.json keeps)."""
+        data = {
+            "machine": self.machine,
+            "target": self.target,
+            "method": self.method,
+            "results": [r.to_dict(raw) for r in self.results],
+            "skipped": self.skipped,
+            "int8_vs_fp32": self.int8_vs_fp32,
+        }
+        return {**data, **({"note": self.note} if self.note else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        known = set(BenchRow.__dataclass_fields__)
+        rows = [BenchRow(**{k: v for k, v in r.items() if k in known}) for r in data.get("results", [])]
+        return cls(
+            data.get("machine", {}),
+            data.get("target", "local"),
+            data.get("method", {}),
+            rows,
+            data.get("skipped", []),
+            data.get("int8_vs_fp32", []),
+            data.get("note"),
+        )
 
 
 def bench(
@@ -73,16 +160,13 @@ def bench(
     out_file: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     formats: list[str] | None = None,
-) -> dict[str, Any]:
-    """Benchmark an artifact folder (every file x every runtime that loads it) or one model file."""
+) -> BenchResult:
+    """Benchmark an artifact folder (every file x every engine that runs it) or one model file."""
     threads = threads or [1]
     _check_options(threads, warmup, runs, min_time)
     if out_file:
         check_writable(Path(out_file).parent, need_bytes=1 << 20)
-    folder, jobs, skipped = plan(path, runtimes)
-    if formats:
-        chosen = select_formats(list(dict.fromkeys(j.fmt for j in jobs)), formats)
-        jobs = [j for j in jobs if j.fmt in chosen]
+    folder, jobs, skipped = plan(path, runtimes, formats)
     if target != "local":
         jobs, skipped = _runnable_on(target, jobs, skipped)
     results = []
@@ -94,27 +178,20 @@ def bench(
                 else:
                     results.append(measure_remote(job, n, target, warmup, runs, not no_xnnpack, timeout))
             except _LoadError as exc:
-                skipped.append({"runtime": job.runtime, "format": job.fmt, "reason": str(exc)})
+                skipped.append({"runtime": job.runtime, "format": job.fmt.name, "reason": str(exc)})
                 break
     if not results:
         reasons = "; ".join(f"{s['format'] or 'any'}/{s['runtime']}: {s['reason']}" for s in skipped)
         raise ArtifactError(f"nothing in {path} could be benchmarked ({reasons})", "re-export the files")
-    report = {
-        "machine": machine.facts(),
-        "target": target,
-        "method": method(),
-        "results": results,
-        "skipped": skipped,
-        "int8_vs_fp32": int8_vs_fp32(results, jobs),
-    }
+    result = BenchResult(machine.facts(), target, method(), results, skipped, int8_vs_fp32(results, jobs))
     if out_file:
-        write_json(out_file, report)
+        write_json(out_file, result.to_dict())
     if folder is not None:
-        stored = record_result(folder, "bench", _without_raw(report))
-        report["stored"] = str(stored) if stored else None
+        stored = record_result(folder, "bench", result.to_dict(raw=False))
+        result.stored = str(stored) if stored else None
         if stored is None:
-            report["note"] = f"{folder} is read-only: results not stored there (use --out FILE to keep them)"
-    return report
+            result.note = f"{folder} is read-only: results not stored there (use --out FILE to keep them)"
+    return result
 
 
 def _runnable_on(target: str, jobs: list[Job], skipped: list[dict]) -> tuple[list[Job], list[dict]]:
@@ -125,7 +202,7 @@ def _runnable_on(target: str, jobs: list[Job], skipped: list[dict]) -> tuple[lis
     skipped = skipped + [
         {
             "runtime": job.runtime,
-            "format": job.fmt,
+            "format": job.fmt.name,
             "reason": f"{target} runs {', '.join(ENGINES)} only; {job.path.name} is measured locally",
         }
         for job in jobs
@@ -165,24 +242,29 @@ def method() -> dict[str, str]:
 # --- what to run -------------------------------------------------------------------------------
 
 
-def plan(path: str | os.PathLike[str], wanted: list[str] | None) -> tuple[Path | None, list[Job], list[dict]]:
-    """(artifact folder or None, jobs, skipped): each file with each available runtime that loads it."""
+def plan(
+    path: str | os.PathLike[str], wanted: list[str] | None, formats: list[str] | None = None
+) -> tuple[Path | None, list[Job], list[dict]]:
+    """(artifact folder or None, jobs, skipped): each file with each available engine that runs it
+    (its format's engines first, then plug-in engines that load its suffix)."""
     from runtimes import get_runtime, runtime_names, runtimes_for_file
 
     path = Path(path)
     names = [get_runtime(w).name for w in wanted or []]  # an unknown name is a usage error, not a skip
     folder, files, macs = _files(path)
+    chosen = fmts.select(list(files), formats)
     jobs, skipped, used = [], [], set()
-    for fmt, (file, entry) in files.items():
-        for name in runtimes_for_file(file):
-            if names and name not in names:
+    for name in chosen:
+        fmt, file, entry = files[name]
+        for engine in dict.fromkeys([*fmt.engines, *runtimes_for_file(file)]):
+            if names and engine not in names:
                 continue
-            used.add(name)
-            ok, reason = get_runtime(name).available()
+            used.add(engine)
+            ok, reason = get_runtime(engine).available()
             if ok:
-                jobs.append(Job(fmt, file, name, entry, macs))
+                jobs.append(Job(fmt, file, engine, entry, macs))
             else:
-                skipped.append({"runtime": name, "format": fmt, "reason": reason})
+                skipped.append({"runtime": engine, "format": fmt.name, "reason": reason})
     for name in names:
         if name not in used:
             skipped.append({"runtime": name, "format": None, "reason": f"no file here that {name} loads"})
@@ -191,35 +273,22 @@ def plan(path: str | os.PathLike[str], wanted: list[str] | None) -> tuple[Path |
     return folder, jobs, skipped
 
 
-def _files(path: Path) -> tuple[Path | None, dict[str, tuple[Path, dict]], int | None]:
+def _files(
+    path: Path,
+) -> tuple[Path | None, dict[str, tuple[fmts.Format, Path, FileEntry | None]], int | None]:
     if path.is_dir():
         manifest = read_manifest(path)
-        files = {fmt: (path / e["path"], e) for fmt, e in manifest["files"].items()}
-        return path, files, manifest.get("model", {}).get("macs")
+        files = {name: (fmts.get(name), manifest.file(name), entry) for name, entry in manifest.files.items()}
+        return path, files, manifest.model.get("macs")
     if not path.is_file():
         raise UsageError(f"{path} is neither an artifact folder nor a model file", "pass a folder or a file")
-    manifest = read_manifest(path.parent, check_hashes=False) if (path.parent / MANIFEST).is_file() else {}
-    for fmt, entry in manifest.get("files", {}).items():
-        if entry["path"] == path.name:
-            return None, {fmt: (path, entry)}, manifest.get("model", {}).get("macs")
-    return None, {format_of(path): (path, {})}, None
-
-
-def format_of(path: Path) -> str:
-    """The format name of a file outside a manifest, from its suffix and name."""
-    name = path.name.lower()
-    if name.endswith(".pt2"):
-        return "torch"
-    precision = "int8" if "int8" in name else "fp16" if "fp16" in name else "fp32"
-    if name.endswith(".onnx"):
-        return f"onnx-{'int8' if precision == 'int8' else 'fp32'}"
-    if name.endswith(".tflite"):
-        return f"tflite-{precision}"
-    raise UsageError(f"unknown model file type: {path.name}", "expected .onnx, .tflite or .pt2")
-
-
-def precision_of(job: Job) -> str:
-    return job.entry.get("precision") or ("int8" if job.fmt.endswith("int8") else "fp32")
+    if (path.parent / MANIFEST).is_file():
+        manifest = read_manifest(path.parent, check_hashes=False)
+        for name, entry in manifest.files.items():
+            if entry.path == path.name:
+                return None, {name: (fmts.get(name), path, entry)}, manifest.model.get("macs")
+    fmt = fmts.for_file(path)
+    return None, {fmt.name: (fmt, path, None)}, None
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -237,7 +306,7 @@ def measure(
     min_time: float,
     xnnpack: bool = True,
     profile: bool = False,
-) -> dict[str, Any]:
+) -> BenchRow:
     """One configuration, in this process: load, warm up, time, and the numbers around it."""
     from runtimes import get_runtime
 
@@ -246,23 +315,23 @@ def measure(
     tracked = _reset_peak_rss()
     rss_before = _status_kb("VmRSS")
     start = time.perf_counter()
+    runtime = get_runtime(job.runtime)
     try:
-        sess = get_runtime(job.runtime).load(job.path, threads=threads, **opts)
+        sess = runtime.load(job.path, threads=threads, **opts)
     except Exception as exc:  # a file the engine rejects is a skip with its reason, not a crash
         raise _LoadError(f"{job.runtime} cannot load {job.path.name}: {type(exc).__name__}: {exc}") from exc
     load_ms = (time.perf_counter() - start) * 1e3
     native = sess.prepare(bench_input(sess, job))
-    first_ms = _time(sess, native, 1)[0]
+    first_ms = time_calls(lambda: sess.invoke(native), 1)[0]
     warmed = _warm_up(sess, native, warmup)
     latencies = _timed_runs(sess, native, runs, min_time)
     rss_delta = (_status_kb("VmHWM") - rss_before) / 1024 if tracked and rss_before else None
-    desc = sess.describe()
-    result = _result(job, threads, latencies, warmed, first_ms, desc)
-    result.update(load_ms=round(load_ms, 3), rss_delta_mb=None if rss_delta is None else round(rss_delta, 2))
+    row = _row(job, threads, latencies, warmed, first_ms, sess.describe())
+    row.load_ms = round(load_ms, 3)
+    row.rss_delta_mb = None if rss_delta is None else round(rss_delta, 2)
     if profile:
-        result["profile"] = _profile(job, threads, native, xnnpack)
-    del sess
-    return result
+        row.profile = runtime.profile(job.path, threads, native, PROFILE_RUNS, job.fmt.precision)
+    return row
 
 
 def measure_remote(
@@ -273,27 +342,25 @@ def measure_remote(
     runs: int | None,
     xnnpack: bool = True,
     timeout: float | None = None,
-) -> dict[str, Any]:
+) -> BenchRow:
     """One configuration on a target (emulated Pi, SSH, adb) through the standalone runner."""
     from runtimes.targets import get_target
 
-    raw = get_target(target, **({"timeout": timeout} if timeout else {})).bench(
+    raw = get_target(target, **({"timeout": timeout} if timeout else {})).run(
         job.path,
         job.runtime,
         threads=threads,
         warmup=3 if warmup is None else warmup,
         runs=runs or 30,
-        layout=job.entry.get("layout"),
         no_xnnpack=not xnnpack,
     )
-    raw = raw[0] if isinstance(raw, list) else raw
     desc = {
         "runtime": job.runtime,
         "version": raw.get("engine_version"),
         "delegate": "XNNPACK" if raw.get("xnnpack") else None,
         "input": raw.get("input", {}),
     }
-    result = _result(
+    return _row(
         job,
         threads,
         raw["latencies_ms"],
@@ -304,38 +371,28 @@ def measure_remote(
         emulated=bool(raw.get("emulated")),
         remote=raw,
     )
-    result.update(load_ms=raw.get("load_ms"), rss_delta_mb=None)
-    return result
 
 
 def bench_input(sess: Any, job: Job) -> np.ndarray:
     """A seeded standard-normal float32 batch of 1 in the session's layout."""
     shape = list(sess.input.get("shape") or [])
     if not shape or any(d is None for d in shape[1:]):
-        shape = list(job.entry.get("input", {}).get("shape") or [])
+        shape = list(((job.entry.info if job.entry else {}).get("input") or {}).get("shape") or [])
     if not shape or any(d is None for d in shape[1:]):
         raise ArtifactError(f"{job.path.name}: input shape unknown", "re-export with a static input shape")
     shape[0] = 1
     return np.random.default_rng(SEED).standard_normal(shape, dtype=np.float32)
 
 
-def _time(sess: Any, native: Any, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        sess.invoke(native)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return times
-
-
 def _warm_up(sess: Any, native: Any, warmup: int | None) -> int:
     """Run until the median settles (or exactly ``warmup`` runs); returns the runs used."""
+    call = lambda: sess.invoke(native)  # noqa: E731
     if warmup is not None:
-        _time(sess, native, warmup)
+        time_calls(call, warmup)
         return warmup
     done, previous, start = 0, None, time.perf_counter()
     for _ in range(MAX_WINDOWS):
-        median = statistics.median(_time(sess, native, WINDOW))
+        median = statistics.median(time_calls(call, WINDOW))
         done += WINDOW
         if previous is not None and abs(median - previous) <= SETTLE * previous:
             break
@@ -346,12 +403,13 @@ def _warm_up(sess: Any, native: Any, warmup: int | None) -> int:
 
 
 def _timed_runs(sess: Any, native: Any, runs: int | None, min_time: float) -> list[float]:
+    call = lambda: sess.invoke(native)  # noqa: E731
     if runs is not None:
-        return _time(sess, native, runs)
+        return time_calls(call, runs)
     latencies: list[float] = []
     start = time.perf_counter()
     while len(latencies) < MIN_RUNS or (time.perf_counter() - start < min_time and len(latencies) < MAX_RUNS):
-        latencies += _time(sess, native, 1)
+        latencies += time_calls(call, 1)
     return latencies
 
 
@@ -375,7 +433,7 @@ def latency_stats(latencies_ms: list[float]) -> dict[str, Any]:
     return {**stats, "cv": cv, "unstable": cv > CV_LIMIT, "runs": len(a)}
 
 
-def _result(
+def _row(
     job: Job,
     threads: int,
     latencies: list[float],
@@ -385,63 +443,52 @@ def _result(
     target: str = "local",
     emulated: bool = False,
     remote: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> BenchRow:
     stats = latency_stats(latencies)
-    precision = precision_of(job)
-    result: dict[str, Any] = {
-        "format": job.fmt,
-        "runtime": job.runtime,
-        "target": target,
-        "threads": threads,
-        "file": job.path.name,
-        "precision": precision,
+    precision = str(job.fmt.precision)
+    where = (remote or {}).get("machine") or machine.facts()
+    row = BenchRow(
+        format=job.fmt.name,
+        runtime=job.runtime,
+        target=target,
+        threads=threads,
+        file=job.path.name,
+        precision=precision,
         **stats,
-        "warmup": warmup,
-        "first_ms": None if first_ms is None else round(first_ms, 4),
-        "throughput": round(1000.0 / stats["mean_ms"], 2) if stats["mean_ms"] else None,
-        "size_bytes": job.path.stat().st_size,
-        "macs": job.macs,
-        "runtime_version": desc.get("version"),
-        "provider": desc.get("provider") or desc.get("delegate") or "builtin kernels",
-        "input_dtype": (desc.get("input") or {}).get("dtype"),
-        "emulated": emulated,
-        **_cpu(precision, remote),
-    }
-    if stats["unstable"]:
-        result["note"] = (
-            f"unstable: CV {stats['cv']:.0%} > {CV_LIMIT:.0%} (a busy or throttling host); "
+        warmup=warmup,
+        first_ms=None if first_ms is None else round(first_ms, 4),
+        throughput=round(1000.0 / stats["mean_ms"], 2) if stats["mean_ms"] else None,
+        size_bytes=job.path.stat().st_size,
+        macs=job.macs,
+        runtime_version=desc.get("version"),
+        provider=desc.get("provider") or desc.get("delegate") or "builtin kernels",
+        input_dtype=(desc.get("input") or {}).get("dtype"),
+        emulated=emulated,
+        cpu=where.get("cpu"),
+        int8_path=machine.int8_path(where) if job.fmt.int8 else None,
+        latencies_ms=[round(t, 4) for t in latencies],
+    )
+    if row.unstable:
+        row.note = (
+            f"unstable: CV {row.cv:.0%} > {CV_LIMIT:.0%} (a busy or throttling host); "
             "re-run with more --min-time or on an idle machine"
         )
-    result.update(_efficiency(job.macs, stats["p50_ms"], precision, threads, local=remote is None))
-    result["measured"] = _measured_note(result)
-    result["latencies_ms"] = [round(t, 4) for t in latencies]
-    return result
+    _efficiency(row, local=remote is None)
+    row.measured = _measured_note(row)
+    return row
 
 
-def _cpu(precision: str, remote: dict[str, Any] | None) -> dict[str, Any]:
-    """The CPU that ran it, and for int8 files its int8 path (which kernels, and whether they are exact)."""
-    where = (remote or {}).get("machine") or machine.facts()
-    return {
-        "cpu": where.get("cpu"),
-        **({"int8_path": machine.int8_path(where)} if precision == "int8" else {}),
-    }
-
-
-def _efficiency(macs: int | None, p50_ms: float, precision: str, threads: int, local: bool) -> dict[str, Any]:
+def _efficiency(row: BenchRow, local: bool) -> None:
     """Achieved GMAC/s and its fraction of this host's peak (only for local runs: the peak is this host's)."""
-    if not macs or not p50_ms:
-        return {"gmacs_per_s": None, "peak_gmacs_per_s": None, "efficiency": None}
-    achieved = macs / (p50_ms / 1e3) / 1e9
-    if not local:
-        return {"gmacs_per_s": _significant(achieved), "peak_gmacs_per_s": None, "efficiency": None}
-    kind = "int8" if precision == "int8" else "fp32"
-    peak = machine.peak_gmacs(kind, threads)
-    return {
-        "gmacs_per_s": _significant(achieved),
-        "peak_gmacs_per_s": _significant(peak),
-        "peak_kind": kind,
-        "efficiency": _significant(achieved / peak),
-    }
+    if not row.macs or not row.p50_ms:
+        return
+    achieved = row.macs / (row.p50_ms / 1e3) / 1e9
+    row.gmacs_per_s = _significant(achieved)
+    if local:
+        row.peak_kind = "int8" if row.precision == "int8" else "fp32"
+        peak = machine.peak_gmacs(row.peak_kind, row.threads)
+        row.peak_gmacs_per_s = _significant(peak)
+        row.efficiency = _significant(achieved / peak)
 
 
 def _significant(value: float, digits: int = 4) -> float:
@@ -449,87 +496,89 @@ def _significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _measured_note(r: dict[str, Any]) -> str:
-    where = f"{r['target']} ({'emulated' if r['emulated'] else 'real'}, {r['cpu']})"
-    path = f", int8 path {r['int8_path']}" if r.get("int8_path") else ""
+def _measured_note(r: BenchRow) -> str:
+    where = f"{r.target} ({'emulated' if r.emulated else 'real'}, {r.cpu})"
+    path = f", int8 path {r.int8_path}" if r.int8_path else ""
     return (
-        f"{r['runtime']} {r['runtime_version']} [{r['provider']}], {r['threads']} thread(s), "
-        f"{r['runs']} runs after {r['warmup']} warm-up, batch 1, {where}{path}"
+        f"{r.runtime} {r.runtime_version} [{r.provider}], {r.threads} thread(s), "
+        f"{r.runs} runs after {r.warmup} warm-up, batch 1, {where}{path}"
     )
-
-
-def _profile(job: Job, threads: int, native: Any, xnnpack: bool) -> dict[str, Any] | None:
-    from edgekit import profiling
-
-    if job.runtime == "onnxruntime":
-        return profiling.profile_ort(
-            job.path, threads, native, runs=PROFILE_RUNS, precision=precision_of(job)
-        )
-    if job.runtime == "litert":
-        return profiling.profile_litert(job.path, threads, native, runs=PROFILE_RUNS, xnnpack=xnnpack)
-    return None
 
 
 # --- int8 against float32 -----------------------------------------------------------------------
 
 
-def int8_vs_fp32(results: list[dict[str, Any]], jobs: list[Job]) -> list[dict[str, Any]]:
-    """Per runtime and thread count: int8 p50 over float32 p50 of the same runtime, and when int8 is
+def int8_vs_fp32(results: list[BenchRow], jobs: list[Job]) -> list[dict[str, Any]]:
+    """Per engine and thread count: int8 p50 over float32 p50 of the same engine, and when int8 is
     not faster, the ops of the int8 file that fell off the int8 fast path (from the profile when
-    ``--profile`` ran, else read from the graph the runtime executes)."""
-    by_key = {(r["runtime"], r["threads"], r["precision"]): r for r in results}
-    paths = {(j.runtime, "int8"): j.path for j in jobs if precision_of(j) == "int8"}
+    ``--profile`` ran, else read from the graph the engine executes)."""
+    from runtimes import get_runtime
+
+    by_key = {(r.runtime, r.threads, r.precision): r for r in results}
+    paths = {j.runtime: j.path for j in jobs if j.fmt.int8}
     rows, off_cache = [], {}
     for (runtime, threads, precision), int8 in by_key.items():
         fp32 = by_key.get((runtime, threads, "fp32"))
-        if precision != "int8" or fp32 is None or not fp32["p50_ms"]:
+        if precision != "int8" or fp32 is None or not fp32.p50_ms:
             continue
-        ratio = int8["p50_ms"] / fp32["p50_ms"]
+        ratio = int8.p50_ms / fp32.p50_ms
         row = {
             "runtime": runtime,
             "threads": threads,
-            "fp32_format": fp32["format"],
-            "int8_format": int8["format"],
-            "fp32_p50_ms": fp32["p50_ms"],
-            "int8_p50_ms": int8["p50_ms"],
+            "fp32_format": fp32.format,
+            "int8_format": int8.format,
+            "fp32_p50_ms": fp32.p50_ms,
+            "int8_p50_ms": int8.p50_ms,
             "ratio": round(ratio, 3),
             "int8_faster": ratio < 1.0,
-            "measured": int8["measured"],
+            "measured": int8.measured,
         }
         if ratio >= 1.0:
-            slow = (int8.get("profile") or {}).get("slow_path")
-            if slow is None and (runtime, "int8") in paths:
+            slow = (int8.profile or {}).get("slow_path")
+            if slow is None and runtime in paths:
                 if runtime not in off_cache:
-                    off_cache[runtime] = off_fast_path(paths[(runtime, "int8")], runtime)
+                    off_cache[runtime] = _explained(lambda r=runtime: get_runtime(r).slow_path(paths[r]))
                 slow = off_cache[runtime]
             row["off_fast_path"] = [{"op": s["op"], "count": s["count"]} for s in slow or []]
             row["why"] = _why_slower(runtime, slow or [], int8)
-            if runtime == "onnxruntime" and int8["target"] == "local":
-                row["op_ms"] = _ort_op_times(jobs, threads)
+            if int8.target == "local":
+                row["op_ms"] = _op_times(jobs, runtime, threads)
                 row["why"] += _op_times_note(row["op_ms"], threads)
         rows.append(row)
     return rows
 
 
-def _ort_op_times(jobs: list[Job], threads: int) -> dict[str, dict[str, float]] | None:
-    """Per-op-type ms (ORT profiler, per-node medians) of the float32 and int8 files: where the time went."""
-    from edgekit import profiling
-    from runtimes import get_runtime
-
-    times = {}
+def _explained(explain: Any) -> Any:
     try:
-        for job in jobs:
-            precision = precision_of(job)
-            if job.runtime == "onnxruntime" and precision in ("fp32", "int8"):
-                sess = get_runtime("onnxruntime").load(job.path, threads=threads)
-                native = sess.prepare(bench_input(sess, job))
-                prof = profiling.profile_ort(
-                    job.path, threads, native, runs=OP_TIME_RUNS, precision=precision
-                )
-                times[precision] = prof["by_op_ms"]
+        return explain()
     except Exception:  # an explanation, never a reason to lose the measured results
         return None
+
+
+def _op_times(jobs: list[Job], runtime: str, threads: int) -> dict[str, dict[str, float]] | None:
+    """Per-op-type ms (the engine's profiler) of the float32 and int8 files: where the time went."""
+    from runtimes import get_runtime
+
+    engine = get_runtime(runtime)
+    times = {}
+    for job in jobs:
+        precision = str(job.fmt.precision)
+        if job.runtime != runtime or precision not in ("fp32", "int8"):
+            continue
+        native = _explained(lambda j=job: _prepared(engine, j, threads))
+        if native is None:
+            continue
+        prof = _explained(
+            lambda j=job, p=precision, x=native: engine.profile(j.path, threads, x, OP_TIME_RUNS, p)
+        )
+        if prof and prof.get("by_op_ms"):
+            times[precision] = prof["by_op_ms"]
     return times if len(times) == 2 else None
+
+
+def _prepared(engine: Any, job: Job, threads: int) -> Any:
+    sess = engine.load(job.path, threads=threads)
+    return sess.prepare(bench_input(sess, job))
 
 
 def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> str:
@@ -537,66 +586,21 @@ def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> s
         return ""
     top = {p: ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:4]) for p, ops in op_ms.items()}
     return (
-        f". Per-op ms (ONNX Runtime profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
+        f". Per-op ms (the engine's profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
         f"int8 {top['int8']}; float32 {top['fp32']}"
     )
 
 
-def off_fast_path(path: Path, runtime: str) -> list[dict[str, Any]] | None:
-    """The int8 file's ops outside the int8 fast path, from the graph alone (no timing)."""
-    try:
-        if runtime == "onnxruntime":
-            return _ort_float_ops(path)
-        if runtime == "litert":
-            return _litert_off_delegate(path)
-    except Exception:  # an explanation, never a reason to lose the measured results
-        return None
-    return None
-
-
-def _ort_float_ops(path: Path) -> list[dict[str, Any]]:
-    """Float ops left between Q/DQ in the graph ONNX Runtime runs (after its QDQ fusions)."""
-    import tempfile
-
-    import onnx
-
-    from edgekit.profiling import ort_slow_path
-    from runtimes import get_runtime
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-int8-graph-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        get_runtime("onnxruntime").load(path, threads=1, optimized_model_path=optimized)
-        return ort_slow_path(onnx.load(optimized).graph)
-
-
-def _litert_off_delegate(path: Path) -> list[dict[str, Any]]:
-    from collections import Counter
-
-    from runtimes import get_runtime
-
-    ops = get_runtime("litert").load(path, threads=1).ops()
-    off = Counter(op["op_name"] for op in ops if not op["delegated"])
-    return [{"op": op, "count": n} for op, n in off.most_common()]
-
-
-def _why_slower(runtime: str, slow: list[dict[str, Any]], int8: dict[str, Any]) -> str:
+def _why_slower(runtime: str, slow: list[dict[str, Any]], int8: BenchRow) -> str:
     ops = ", ".join(f"{s['op']} x{s['count']}" for s in slow if not s["op"].startswith("QuantizeLinear+"))
     if ops and runtime == "litert":
         return f"not delegated to XNNPACK, run on the TFLite kernels between delegate partitions: {ops}"
     if ops:
-        return f"no int8 kernel in ONNX Runtime, float32 between DequantizeLinear and QuantizeLinear: {ops}"
+        return f"no int8 kernel in {runtime}, float32 between DequantizeLinear and QuantizeLinear: {ops}"
     why = "every op is on the int8 path; the int8 kernels do not win on this graph and host"
-    if int8.get("unstable"):
-        why += f" (and the int8 run was unstable, CV {int8['cv']:.0%})"
+    if int8.unstable:
+        why += f" (and the int8 run was unstable, CV {int8.cv:.0%})"
     return why + "; see `edgekit bench DIR --profile` for the per-op times"
-
-
-def _without_raw(report: dict[str, Any]) -> dict[str, Any]:
-    """The manifest keeps the statistics; the raw per-run latencies stay in --out / --json."""
-    return {
-        **report,
-        "results": [{k: v for k, v in r.items() if k != "latencies_ms"} for r in report["results"]],
-    }
 
 
 # --- memory (Linux /proc; None elsewhere) ------------------------------------------------------

@@ -53,7 +53,8 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def models(as_json: bool) -> None:
     """List the zoo: params, MACs at the default resolution, pretrained weights."""
-    from edgekit import counting, tables
+    from edgekit import counting
+    from edgekit.report import tables
 
     rows = counting.zoo_summary()
     emit_json(rows) if as_json else tables.print_models(rows)
@@ -67,7 +68,8 @@ def models(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def info(name: str, width: float | None, resolution: int | None, groups: int | None, as_json: bool) -> None:
     """Per-layer table: kind, output shape, params, MACs, memory access cost."""
-    from edgekit import counting, tables
+    from edgekit import counting
+    from edgekit.report import tables
 
     result = counting.model_info(name, width=width, resolution=resolution, groups=groups)
     emit_json(result) if as_json else tables.print_info(result)
@@ -86,8 +88,8 @@ def info(name: str, width: float | None, resolution: int | None, groups: int | N
 @click.option("--json", "as_json", is_flag=True)
 def estimate(name: str, as_json: bool, **options: Any) -> None:
     """ESTIMATED latency on a device profile (per-layer roofline; not a measurement)."""
-    from edgekit import estimate as estimate_mod
-    from edgekit import tables
+    from edgekit.report import tables
+    from edgekit.studies import estimate as estimate_mod
 
     result = estimate_mod.estimate(name, **options)
     emit_json(result) if as_json else tables.print_estimate(result)
@@ -134,12 +136,13 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def export(name: str, out_dir: str | None, formats: str, as_json: bool, **options: Any) -> None:
     """Export NAME (a zoo model or path/to/file.py:factory) to ONNX and TFLite, verified."""
-    from edgekit import pipeline, tables
+    from edgekit import pipeline
+    from edgekit.report import tables
 
     if not _csv(formats):
         raise UsageError(f"--formats {formats!r} names no format", "pass e.g. --formats onnx,tflite")
     manifest = pipeline.export(name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, **options)
-    emit_json(manifest) if as_json else tables.print_export(manifest)
+    emit_json(manifest.to_dict()) if as_json else tables.print_export(manifest)
 
 
 # --- measure ----------------------------------------------------------------------------------
@@ -161,9 +164,10 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
     """Accuracy of every artifact against PyTorch float: top-1/5, agreement, SQNR."""
-    from edgekit import evaluate, tables
+    from edgekit import evaluate
+    from edgekit.report import tables
 
-    result = evaluate.evaluate(artifact_dir, **{**options, "formats": _csv(options["formats"])})
+    result = evaluate.evaluate(artifact_dir, **{**options, "formats": _csv(options["formats"])}).to_dict()
     emit_json(result) if as_json else tables.print_eval(result)
     _note(result)
 
@@ -196,7 +200,7 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **options: Any) -> None:
     """Latency of an artifact folder or model file: percentiles, CV, memory, efficiency."""
     from edgekit import bench as bench_mod
-    from edgekit import tables
+    from edgekit.report import tables
 
     result = bench_mod.bench(
         path,
@@ -204,6 +208,7 @@ def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **option
         threads=_ints(threads),
         **{**options, "formats": _csv(options["formats"])},
     )
+    result = result.to_dict()
     emit_json(result) if as_json else tables.print_bench(result)
     _note(result)
 
@@ -242,8 +247,8 @@ def analyze(
     name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool, **options: Any
 ) -> None:
     """Why depthwise layers degrade in low precision: per-layer SQNR, and int8 on the real runtimes."""
-    from edgekit import tables
-    from edgekit.analysis import depthwise
+    from edgekit.report import tables
+    from edgekit.studies import depthwise
 
     result = depthwise.analyze(
         name, configs=_csv(configs), runtimes=_csv(runtimes), end_to_end=not no_end_to_end, **options
@@ -277,7 +282,7 @@ def guidelines(
     as_json: bool,
 ) -> None:
     """Measure ShuffleNetV2's four guidelines (G1-G4) on the real runtimes, beside FLOPs and MAC."""
-    from edgekit.analysis import guidelines as g
+    from edgekit.studies import guidelines as g
 
     result = g.run_guidelines(
         runtimes=_csv(runtimes),

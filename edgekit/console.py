@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 ORT_QUIET = 3  # ONNX Runtime severity: errors only
@@ -61,3 +62,45 @@ def quiet_native() -> Iterator[None]:
         return
     with captured_output():
         yield
+
+
+class Steps:
+    """Per-step progress on stderr: a rich spinner on a terminal, plain lines otherwise, each step
+    with its duration (the times an export's manifest does not hold are still seen).
+
+    It writes to a duplicate of fd 2 so that the converters' output capture (which redirects fd
+    1 and 2 during a conversion) does not swallow the display.
+    """
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total, self.done = title, total, 0
+        self.live = sys.stderr.isatty()
+        self.times: dict[str, float] = {}
+
+    def __enter__(self) -> Steps:
+        from rich.console import Console
+
+        self.file = os.fdopen(os.dup(2), "w", buffering=1)
+        self.console = Console(file=self.file, force_terminal=self.live, highlight=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        self.done += 1
+        label = f"[{self.done}/{self.total}] {what}"
+        start = time.perf_counter()
+        if self.live:
+            with self.console.status(label):
+                yield
+        else:
+            print(f"{self.title}: {label} ...", file=self.file)
+            yield
+        took = time.perf_counter() - start
+        self.times[what] = round(took, 2)
+        if self.live:
+            self.console.print(f"[green]✓[/green] {label} [dim]({took:.1f} s)[/dim]")
+        else:
+            print(f"{self.title}: {label} done ({took:.1f} s)", file=self.file)

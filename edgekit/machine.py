@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import time
 from enum import StrEnum
 from importlib import metadata
 from typing import Any
@@ -78,7 +77,16 @@ def int8_path(machine: dict[str, Any]) -> str:
     return path.value if path else "unknown"
 
 
-PACKAGES = ("numpy", "onnx", "onnxruntime", "ai-edge-litert", "torch", "litert-torch")
+PACKAGES = (
+    "numpy",
+    "torch",
+    "onnx",
+    "onnxslim",
+    "onnxruntime",
+    "ai-edge-litert",
+    "litert-torch",
+    "ai-edge-quantizer",
+)
 PEAK_SIZE = 2048  # M = N = K: 8.6 GMAC, large enough for the GEMM kernels to reach steady state
 PEAK_REPEATS = 5
 
@@ -107,7 +115,8 @@ def cpu_features(info: dict[str, str] | None = None) -> list[str]:
 
 
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
+    """Python and the installed versions of the packages that write and run the files."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
@@ -187,18 +196,8 @@ def peak_gmacs(kind: str = "fp32", threads: int = 1, n: int = PEAK_SIZE) -> floa
         if kind == "fp32"
         else rng.integers(0, 256, (n, n), np.uint8)
     )
-    sess.run(None, {"a": a})  # warm-up: packing, thread-pool start
-    best = float("inf")
-    for _ in range(PEAK_REPEATS):
-        start = time.perf_counter()
-        sess.run(None, {"a": a})
-        best = min(best, time.perf_counter() - start)
-    return n**3 / best / 1e9
+    from runtimes.base import time_calls
 
-
-def peak_note(kind: str, threads: int) -> str:
-    op = "MatMul float32" if kind == "fp32" else "MatMulInteger uint8 x int8"
-    return (
-        f"peak: ONNX Runtime {op} {PEAK_SIZE}^3, {threads} thread(s), best of {PEAK_REPEATS}, "
-        "timed in the same process as the benchmark"
-    )
+    call = lambda: sess.run(None, {"a": a})  # noqa: E731
+    time_calls(call, 1)  # warm-up: packing, thread-pool start
+    return n**3 / (min(time_calls(call, PEAK_REPEATS)) / 1e3) / 1e9

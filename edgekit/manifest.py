@@ -1,13 +1,16 @@
 """The artifact folder and its ``manifest.json``: the only hand-over between steps.
 
-Layout of a folder (keys of ``manifest["files"]`` are the format names used everywhere:
-``torch``, ``onnx-fp32``, ``onnx-int8``, ``tflite-fp32``, ``tflite-fp16``, ``tflite-int8``)::
+Layout of a folder (keys of ``files`` are the format names of :mod:`edgekit.formats`)::
 
-    manifest.json   model, input, preprocess, files{format: {path, sha256, size, layout, ...}},
-                    tools, calibration, results{verification, eval, bench}, created, command
+    manifest.json   model, input, preprocess, files{format: {path, sha256, size, precision, layout,
+                    ..., verification}}, tools, calibration, created, command
     model.pt2       torch.export program (the float reference, runs without zoo code)
-    model.onnx, model_int8.onnx, model_fp32.tflite, model_fp16.tflite, model_int8.tflite
-    report.md
+    model.onnx, model_int8.onnx, model_fp32.tflite, model_fp16.tflite, model_int8.tflite, ...
+    report.md, eval.json, bench.json
+
+:class:`Manifest` and :class:`FileEntry` are the typed form; ``to_dict``/``from_dict`` are the JSON
+edge (the file's field names are those of the dataclasses, a file entry's format-specific details
+flattened beside its common fields).
 
 Writes are atomic: files go to a temp name and are renamed; a whole export is built in a staging
 folder and swapped in only when every step (verification included) passed. Later steps never
@@ -30,6 +33,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +41,6 @@ from edgekit.errors import ArtifactError, UsageError
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
-FORMATS = ("torch", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-fp16", "tflite-int8")
-
-
-def select_formats(present: list[str], wanted: list[str] | None) -> list[str]:
-    """The formats of ``present`` that ``wanted`` names: exact names (``onnx-int8``), families
-    (``onnx``) or precisions (``int8``); all of them when nothing is named."""
-    if not wanted:
-        return list(present)
-    known = {*FORMATS, *(f.split("-")[0] for f in FORMATS), *(f.split("-")[-1] for f in FORMATS if "-" in f)}
-    unknown = [w for w in wanted if w not in known]
-    if unknown:
-        raise UsageError(
-            f"unknown format {', '.join(unknown)}",
-            "name formats (onnx-int8), families (onnx) or precisions (int8)",
-        )
-    chosen = [f for f in present if f in wanted or f.split("-")[0] in wanted or f.split("-")[-1] in wanted]
-    if not chosen:
-        raise UsageError(
-            f"none of {', '.join(wanted)} is in this folder (it has {', '.join(present)})",
-            "pick from those, or export the missing formats",
-        )
-    return chosen
 
 
 def sha256(path: str | os.PathLike[str]) -> str:
@@ -211,11 +193,10 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: str | os.PathLike[str], keep_existing: bool = False) -> Iterator[Path]:
+def staged_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a folder in a sibling staging folder and swap it in only on success.
 
-    A failure leaves an earlier good ``out_dir`` untouched. With ``keep_existing`` the staging
-    folder starts as a copy of ``out_dir`` (for steps that add files to a folder). When
+    A failure leaves an earlier good ``out_dir`` untouched. When
     ``out_dir`` is a mount point (``docker run -v host:/out``), which cannot be renamed, the
     staging folder is made inside it and its files are moved in one by one at the end.
     """
@@ -233,8 +214,6 @@ def staged_dir(out_dir: str | os.PathLike[str], keep_existing: bool = False) -> 
             f"cannot write to {where}: {exc.strerror}", "choose a writable --out folder"
         ) from exc
     try:
-        if keep_existing and out.is_dir():
-            shutil.copytree(out, stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns(stage.name))
         yield stage
         _swap_in(stage, out, inside)
     except OSError as exc:
@@ -277,8 +256,8 @@ def _swap_in(stage: Path, out: Path, inside: bool) -> None:
 def _previous_files(folder: Path) -> set[str]:
     """The files an earlier export listed in ``folder``'s manifest (and its own outputs)."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        listed = {entry["path"] for entry in manifest.get("files", {}).values()}
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        listed = {entry["path"] for entry in data.get("files", {}).values()}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return set()
     return {name for name in listed | {"report.md", *RESULT_FILES.values()} if "/" not in name}
@@ -290,17 +269,121 @@ def _umask() -> int:
     return mask
 
 
-def file_entry(folder: str | os.PathLike[str], filename: str, **info: Any) -> dict[str, Any]:
-    """A ``files`` entry: path (relative), sha256, size, plus format-specific ``info``."""
-    path = Path(folder) / filename
-    return {"path": filename, "sha256": sha256(path), "size": path.stat().st_size, **info}
+ENTRY_FIELDS = ("format", "path", "sha256", "size", "precision", "layout", "verification")
 
 
-def new_manifest(**sections: Any) -> dict[str, Any]:
-    return {"schema": SCHEMA, "created": now(), "files": {}, "results": {}, **sections}
+@dataclass
+class FileEntry:
+    """One written file: what it is, its hash, how it was verified, and what its writer recorded."""
+
+    format: str
+    path: str
+    sha256: str
+    size: int
+    precision: str
+    layout: str
+    verification: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # ops, opset, I/O, exactness, XNNPACK...
+
+    @classmethod
+    def of(
+        cls,
+        folder: str | os.PathLike[str],
+        fmt: Any,
+        info: dict[str, Any],
+        verification: dict[str, Any],
+        filename: str | None = None,
+    ) -> FileEntry:
+        """The entry of ``folder/fmt.filename`` (an :class:`edgekit.formats.Format`; another file name
+        for files written outside an export), hashed now."""
+        name = filename or fmt.filename
+        path = Path(folder) / name
+        size = path.stat().st_size
+        return cls(
+            fmt.name, name, sha256(path), size, str(fmt.precision), str(fmt.layout), verification, info
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        common = {k: getattr(self, k) for k in ENTRY_FIELDS if k != "verification"}
+        return {**common, **self.info, "verification": self.verification}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileEntry:
+        info = {k: v for k, v in data.items() if k not in ENTRY_FIELDS}
+        return cls(
+            data.get("format", ""),
+            data["path"],
+            data["sha256"],
+            data["size"],
+            data.get("precision", ""),
+            data.get("layout", ""),
+            data.get("verification") or {},
+            info,
+        )
 
 
-def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> dict[str, Any]:
+@dataclass
+class Manifest:
+    """What an artifact folder holds and how it was made: the hand-over between the steps."""
+
+    model: dict[str, Any]
+    input: dict[str, Any]
+    preprocess: dict[str, Any]
+    tools: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    schema: int = SCHEMA
+    created: str = field(default_factory=lambda: now())
+    updated: str | None = None
+    folder: str | None = None  # where it was read from or written to (not stored in the file)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "schema": self.schema,
+            "created": self.created,
+            "model": self.model,
+            "input": self.input,
+            "preprocess": self.preprocess,
+            "files": {name: entry.to_dict() for name, entry in self.files.items()},
+            "tools": self.tools,
+            "command": self.command,
+        }
+        if self.calibration is not None:
+            data["calibration"] = self.calibration
+        if self.updated:
+            data["updated"] = self.updated
+        if self.folder:
+            data["folder"] = self.folder
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        return cls(
+            model=data.get("model", {}),
+            input=data.get("input", {}),
+            preprocess=data.get("preprocess", {}),
+            tools=data.get("tools", {}),
+            command=data.get("command", []),
+            files={name: FileEntry.from_dict(e) for name, e in data.get("files", {}).items()},
+            calibration=data.get("calibration"),
+            schema=data.get("schema", SCHEMA),
+            created=data.get("created", ""),
+            updated=data.get("updated"),
+        )
+
+    def file(self, fmt: str) -> Path:
+        """The path of format ``fmt``'s file in the folder the manifest was read from."""
+        if fmt not in self.files:
+            have = ", ".join(self.files) or "none"
+            raise ArtifactError(
+                f"{self.folder} has no {fmt} artifact (it has: {have})",
+                "export it, e.g. `edgekit export NAME --int8`",
+            )
+        return Path(self.folder or ".") / self.files[fmt].path
+
+
+def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> Manifest:
     """Read and validate ``folder/manifest.json``; with ``check_hashes`` every file's sha256 too."""
     folder = Path(folder)
     path = folder / MANIFEST
@@ -309,16 +392,23 @@ def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> 
             f"{folder} has no {MANIFEST}", "create the folder with `edgekit export NAME --out DIR`"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"{path} is not valid JSON ({exc})", "re-run `edgekit export` to rebuild it"
         ) from exc
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA or "files" not in manifest:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or "files" not in data:
         raise ArtifactError(f"{path} is not an edgekit manifest (schema {SCHEMA})", "re-run `edgekit export`")
+    try:
+        manifest = Manifest.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(
+            f"{path} is not a valid edgekit manifest ({exc})", "re-run `edgekit export`"
+        ) from exc
+    manifest.folder = str(folder)
     stale = stale_files(folder, manifest) if check_hashes else []
     if stale:
-        names = ", ".join(f"{fmt} ({manifest['files'][fmt]['path']})" for fmt in stale)
+        names = ", ".join(f"{fmt} ({manifest.files[fmt].path})" for fmt in stale)
         raise ArtifactError(
             f"{folder}: {names} missing or not matching the sha256 in the manifest (corrupt or edited)",
             "re-run `edgekit export` for this folder",
@@ -326,19 +416,11 @@ def read_manifest(folder: str | os.PathLike[str], check_hashes: bool = True) -> 
     return manifest
 
 
-def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path:
-    manifest["updated"] = now()
-    return write_json(Path(folder) / MANIFEST, manifest)
-
-
-def model_path(folder: str | os.PathLike[str], manifest: dict[str, Any], fmt: str) -> Path:
-    try:
-        return Path(folder) / manifest["files"][fmt]["path"]
-    except KeyError as exc:
-        have = ", ".join(manifest["files"]) or "none"
-        raise ArtifactError(
-            f"{folder} has no {fmt} artifact (it has: {have})", "export it, e.g. `edgekit export NAME --int8`"
-        ) from exc
+def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
+    manifest.updated = now()
+    data = manifest.to_dict()
+    data.pop("folder", None)
+    return write_json(Path(folder) / MANIFEST, data)
 
 
 RESULT_FILES = {"eval": "eval.json", "bench": "bench.json"}
@@ -371,11 +453,11 @@ def read_results(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return found
 
 
-def stale_files(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> list[str]:
+def stale_files(folder: str | os.PathLike[str], manifest: Manifest) -> list[str]:
     """Formats whose file is missing or no longer matches its sha256."""
     stale = []
-    for fmt, entry in manifest["files"].items():
-        file = Path(folder) / entry["path"]
-        if not file.is_file() or sha256(file) != entry["sha256"]:
+    for fmt, entry in manifest.files.items():
+        file = Path(folder) / entry.path
+        if not file.is_file() or sha256(file) != entry.sha256:
             stale.append(fmt)
     return stale

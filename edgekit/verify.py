@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from calibration.preprocess import PreprocessSpec, preprocess_pil, to_layout
+from calibration.preprocess import PreprocessSpec, preprocess_pil
 from edgekit.errors import VerificationError
+from edgekit.formats import Format
 
 # The documented gates, per precision (docs/export.md lists the measurements behind them).
 # fp32: only the summation order differs between engines; measured max_rel_err <= 2.1e-6 over
@@ -32,9 +33,8 @@ GATES: dict[str, dict[str, float]] = {
 }
 N_RANDOM = 4
 N_IMAGES = 4
-ENGINES = {"onnx": "ONNX Runtime CPU", "tflite": "LiteRT + XNNPACK", "torch": "torch.export"}
 METHOD = (
-    f"each file in its own engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
+    f"each file in its format's engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
     f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits "
     "(fp16 files: vs PyTorch with the same fp16-rounded weights)"
 )
@@ -124,102 +124,67 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10.0 * float(np.log10(np.sum(ref**2) / noise))
 
 
-def run_file(path: str | Path, fmt: str, layout: str, batch: np.ndarray) -> np.ndarray:
-    """Logits of an artifact in its own engine for an NCHW ``batch`` (fed in ``layout``)."""
-    data = to_layout(batch, layout)
-    if fmt.startswith("onnx"):
-        return _run_onnx(path, data)
-    if fmt.startswith("tflite"):
-        return _run_tflite(path, data)
-    if fmt == "torch":
-        return _run_program(path, data)
-    raise ValueError(f"no engine for format {fmt!r}")
-
-
-def _run_onnx(path: str | Path, data: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    from edgekit.console import ort_log_level
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = ort_log_level()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    if isinstance(session.get_inputs()[0].shape[0], int):  # static batch: one sample at a time
-        return np.concatenate([session.run(None, {name: data[i : i + 1]})[0] for i in range(len(data))])
-    return session.run(None, {name: data})[0]
-
-
-def _run_tflite(path: str | Path, data: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgekit.console import quiet_native
-
-    with quiet_native():  # the XNNPACK "Created delegate" line comes from C++
-        interpreter = Interpreter(model_path=str(path), num_threads=1)
-        interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    results = []
-    for sample in data:
-        interpreter.set_tensor(inp["index"], _quantize(sample[None], inp))
-        interpreter.invoke()
-        results.append(_dequantize(interpreter.get_tensor(out["index"]), out))
-    return np.concatenate(results)
-
-
-def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if not scale:
-        return x.astype(detail["dtype"])
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(detail["dtype"])
-
-
-def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    return (y.astype(np.float32) - zero_point) * scale if scale else y.astype(np.float32)
-
-
-def _run_program(path: str | Path, data: np.ndarray) -> np.ndarray:
-    import torch
-
-    module = torch.export.load(str(path)).module()
-    with torch.inference_mode():  # one sample at a time: a static program is specialised to batch 1
-        return np.concatenate([module(torch.from_numpy(data[i : i + 1])).numpy() for i in range(len(data))])
-
-
 def verify_file(
     path: str | Path,
-    fmt: str,
-    precision: str,
-    layout: str,
+    fmt: Format,
     inputs: dict[str, np.ndarray],
     references: dict[str, np.ndarray],
     float_references: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``).
 
-    ``references`` are what the file should compute (for fp16: :func:`fp16_reference`'s logits);
-    ``float_references``, when given, are the float32 model's: their figures go to ``vs_float32``,
-    ungated (what the precision costs)."""
-    outputs = {kind: run_file(path, fmt, layout, batch) for kind, batch in inputs.items()}
+    The file runs in its format's engine (``runtimes.run_file``). ``references`` are what the file
+    should compute (for fp16: :func:`fp16_reference`'s logits); ``float_references``, when given,
+    are the float32 model's: their figures go to ``vs_float32``, ungated (what the precision costs)."""
+    from runtimes import run_file
+
+    outputs = {kind: run_file(path, batch, fmt.layout, fmt.engine) for kind, batch in inputs.items()}
     figures = {kind: compare(references[kind], out) for kind, out in outputs.items()}
-    gate = GATES.get(precision, {})
+    gate = GATES.get(fmt.precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]
-    engine = ENGINES[fmt.split("-")[0]]
-    against = "PyTorch with fp16-rounded weights" if precision == "fp16" else "PyTorch float32"
+    against = "PyTorch with fp16-rounded weights" if fmt.precision == "fp16" else "PyTorch float32"
     result = {
         **figures,
         "gate": gate,
         "passed": not failures,
         "failures": failures,
-        "measured": f"{engine}, 1 thread, {layout} input; {len(inputs.get('random', []))} seeded N(0,1) "
-        f"tensors + {len(inputs.get('images', []))} built-in photos vs {against}",
+        "measured": f"{fmt.engine}, 1 thread, {fmt.layout} input; {len(inputs.get('random', []))} "
+        f"seeded N(0,1) tensors + {len(inputs.get('images', []))} built-in photos vs {against}",
     }
     if float_references is not None:
         result["vs_float32"] = {kind: compare(float_references[kind], out) for kind, out in outputs.items()}
     return result
+
+
+class Checker:
+    """The verification inputs and PyTorch's logits for them, computed once per model."""
+
+    def __init__(self, model: Any, spec: PreprocessSpec, seed: int = 0) -> None:
+        self.inputs = reference_inputs(spec, seed)
+        self.model = model
+        self.references = {kind: torch_logits(model, batch) for kind, batch in self.inputs.items()}
+        self._fp16: dict[str, np.ndarray] | None = None
+
+    def example(self, batch: int = 1) -> Any:
+        """An NCHW example input for the converters (a symbolic batch needs 2 samples to trace)."""
+        import torch
+
+        return torch.from_numpy(self.inputs["random"][:1].copy()).repeat(batch, 1, 1, 1)
+
+    def for_model(self, model: Any) -> Checker:
+        """The same inputs, references from another model (an int8 file's remedied network)."""
+        other = object.__new__(Checker)
+        other.inputs, other.model, other._fp16 = self.inputs, model, None
+        other.references = {kind: torch_logits(model, batch) for kind, batch in self.inputs.items()}
+        return other
+
+    def verify(self, path: Path, fmt: Format) -> dict[str, Any]:
+        if fmt.precision != "fp16":
+            return verify_file(path, fmt, self.inputs, self.references)
+        if self._fp16 is None:
+            emulated = fp16_reference(self.model)
+            self._fp16 = {kind: torch_logits(emulated, batch) for kind, batch in self.inputs.items()}
+        return verify_file(path, fmt, self.inputs, self._fp16, self.references)
 
 
 def _failures(figures: dict[str, float], gate: dict[str, float]) -> list[str]:
@@ -233,21 +198,21 @@ def _failures(figures: dict[str, float], gate: dict[str, float]) -> list[str]:
     return out
 
 
-def int8_exactness(path: str | Path, batch: np.ndarray) -> dict[str, Any]:
-    """Where a QDQ int8 file computes its own definition: per CPU int8 path from its weights'
-    arithmetic, and measured node by node on this host (``calibration.onnx_check``)."""
-    from calibration.onnx_check import layer_check, pair_report
+def exactness_paths(exactness: dict[str, Any]) -> dict[str, Any]:
+    """A writer's int8 exactness report (its weights' pair arithmetic, the node-by-node check on
+    this host) with, per CPU int8 path, whether the file is exact there, and the host named."""
     from edgekit.machine import Int8Path, facts
 
-    pairs = pair_report(path)
-    over = f"may saturate: {len(pairs.over_limit)} layers have same-sign pairs up to {pairs.max_pair_sum}"
-    paths = {p.value: over if p.saturates_pairs and not pairs.pairs_fit_int16 else "exact" for p in Int8Path}
-    host = facts()
-    return {
-        **pairs.to_dict(),
-        "paths": paths,
-        "host": {"cpu": host["cpu"], "int8_path": host["int8_path"], **layer_check(path, batch).to_dict()},
-    }
+    over = exactness.get("over_limit") or []
+    saturating = (
+        f"may saturate: {len(over)} layers have same-sign pairs up to {exactness.get('max_pair_sum')}"
+    )
+    paths = {p.value: saturating if p.saturates_pairs and over else "exact" for p in Int8Path}
+    result = {**exactness, "paths": paths}
+    if "host" in exactness:
+        host = facts()
+        result["host"] = {"cpu": host["cpu"], "int8_path": host["int8_path"], **exactness["host"]}
+    return result
 
 
 def check(fmt: str, result: dict[str, Any]) -> None:

@@ -1,108 +1,17 @@
-"""Exporters: one file per format behind a small registry.
+"""Exporters: one file per float format (``pt2``, ``onnx``, ``tflite``), each a ``write`` named by
+the format registry (:mod:`edgekit.formats`), and what they share: turning a converter's failure
+into one error that names the op or the line of the model.
 
-Each exporter is ``export(module, example_input, out_path, **options) -> info`` where
-``example_input`` is the NCHW float tensor the network takes and ``info`` is what the manifest
-records about the written file (opset, ops, converter route...). The registry key is the
-manifest's format name; ``--formats onnx,tflite`` selects exporters by ``family``.
+A writer is ``write(request) -> info``: ``request.model`` (an ``nn.Module``), ``request.example``
+(the NCHW float tensor it takes), ``request.path``; ``info`` is what the manifest records about
+the written file (opset, ops, converter route...).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from edgekit.errors import ExportError, RuntimeUnavailableError, UsageError
-
-
-@dataclass(frozen=True)
-class Exporter:
-    fmt: str  # manifest format name, e.g. "tflite-fp16"
-    family: str  # what --formats names: "onnx" or "tflite"
-    filename: str
-    precision: str
-    layout: str  # the layout of the file's input tensor
-    target: str  # "module:function", imported only when used (heavy converters)
-    requires: tuple[str, ...] = ()  # (import name, pip requirement) pairs' import names
-
-    def load(self) -> Callable[..., dict[str, Any]]:
-        module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
-
-    def missing(self) -> list[str]:
-        """The packages this exporter needs that are not installed (checked without importing)."""
-        return [name for name in self.requires if importlib.util.find_spec(name) is None]
-
-
-EXPORTERS: dict[str, Exporter] = {
-    e.fmt: e
-    for e in (
-        Exporter(
-            "onnx-fp32", "onnx", "model.onnx", "fp32", "NCHW", "exporters.onnx:export", ("onnx", "onnxslim")
-        ),
-        Exporter(
-            "tflite-fp32",
-            "tflite",
-            "model_fp32.tflite",
-            "fp32",
-            "NHWC",
-            "exporters.tflite:export",
-            ("litert_torch", "ai_edge_litert"),
-        ),
-        Exporter(
-            "tflite-fp16",
-            "tflite",
-            "model_fp16.tflite",
-            "fp16",
-            "NHWC",
-            "exporters.tflite:export_fp16",
-            ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
-        ),
-    )
-}
-FAMILIES = tuple(dict.fromkeys(e.family for e in EXPORTERS.values()))
-
-
-def resolve(formats: list[str] | None) -> list[Exporter]:
-    """``["onnx", "tflite"]`` (families or exact format names) -> exporters, in registry order."""
-    wanted = formats or list(FAMILIES)
-    unknown = [f for f in wanted if f not in FAMILIES and f not in EXPORTERS]
-    if unknown:
-        raise UsageError(f"unknown format {', '.join(unknown)}", f"use a comma list of {', '.join(FAMILIES)}")
-    return [e for e in EXPORTERS.values() if e.family in wanted or e.fmt in wanted]
-
-
-PIP_NAMES = {
-    "litert_torch": "litert-torch",
-    "ai_edge_litert": "ai-edge-litert",
-    "ai_edge_quantizer": "ai-edge-quantizer",
-}
-
-
-def check_available(chosen: list[Exporter]) -> None:
-    """Fail before any work when a chosen format's converter is not installed."""
-    for exporter in chosen:
-        missing = exporter.missing()
-        if missing:
-            pip = " ".join(PIP_NAMES.get(m, m) for m in missing)
-            others = ",".join(f for f in FAMILIES if f != exporter.family)
-            raise RuntimeUnavailableError(
-                f"{exporter.fmt} needs {', '.join(missing)}, which is not installed",
-                f"pip install {pip} (the pins are in requirements.lock), or leave it out: --formats {others}",
-            )
-
-
-def export(
-    fmt: str, module: Any, example_input: Any, out_path: str | os.PathLike[str], **options: Any
-) -> dict[str, Any]:
-    """Write ``module`` as format ``fmt`` to ``out_path``; returns the exporter's info."""
-    return EXPORTERS[fmt].load()(module, example_input, Path(out_path), **options)
-
+from edgekit.errors import ExportError
 
 # Patterns converters use when an op has no lowering; the first capture group is the op.
 _OP_PATTERNS = (

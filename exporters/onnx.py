@@ -12,11 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.console import captured_output
+from edgekit.formats import WriteRequest
 from exporters import conversion_error
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FALLBACK_OPSET = 18
+
+
+def write(request: WriteRequest) -> dict[str, Any]:
+    """The ``onnx-fp32`` writer."""
+    return export(request.model, request.example, request.path, dynamic_batch=request.dynamic_batch)
 
 
 def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bool = False) -> dict[str, Any]:

@@ -9,13 +9,23 @@ stays float32) — the same file TFLiteConverter's ``supported_types=[tf.float16
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgekit.console import captured_output
+from edgekit.formats import WriteRequest
 from exporters import conversion_error
 from exporters.inspect_tflite import describe
+
+
+def write(request: WriteRequest) -> dict[str, Any]:
+    """The ``tflite-fp32`` writer."""
+    return export(request.model, request.example, request.path)
+
+
+def write_fp16(request: WriteRequest) -> dict[str, Any]:
+    """The ``tflite-fp16`` writer: the float32 file (``request.source``) with fp16 weights."""
+    return export_fp16(request.source, request.path)
 
 
 def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
@@ -36,15 +46,8 @@ def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
     return {"converter": "litert-torch", **describe(out_path)}
 
 
-def export_fp16(
-    module: Any, example_input: Any, out_path: Path, *, fp32_path: Path | None = None
-) -> dict[str, Any]:
-    """fp16 weights, float32 I/O; casts ``fp32_path`` when given, else converts ``module`` first."""
-    if fp32_path is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "model_fp32.tflite"
-            export(module, example_input, fp32)
-            return export_fp16(module, example_input, out_path, fp32_path=fp32)
+def export_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:
+    """fp16 weights, float32 I/O: ``fp32_path``'s weights cast to float16."""
     error = None
     with captured_output() as log:
         try:

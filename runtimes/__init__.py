@@ -1,10 +1,11 @@
-"""Inference engines behind one interface, found by name.
+"""Inference engines behind one interface, found by name; the one way edgekit runs a file.
 
-    from runtimes import get_runtime, runtime_names, runtime_for_file
+    from runtimes import get_runtime, run_file
     rt = get_runtime("onnxruntime")          # "torch" | "onnxruntime" | "litert" | a plug-in
     ok, reason = rt.available()
     sess = rt.load("model.onnx", threads=1)
     logits = sess.run(x)                     # float32 in the file's layout -> float32 logits
+    logits = run_file("model_int8.tflite", x_nchw, layout="NHWC")   # verify, eval, analyze
 
 Third-party engines register an entry point in the group ``edgekit.runtimes`` whose object is a
 :class:`runtimes.base.Runtime` subclass or instance (``[project.entry-points."edgekit.runtimes"]
@@ -18,6 +19,8 @@ import importlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.errors import RuntimeUnavailableError, UsageError
 from runtimes.base import Runtime, Session
 
@@ -26,6 +29,7 @@ __all__ = [
     "Runtime",
     "Session",
     "get_runtime",
+    "run_file",
     "runtime_for_file",
     "runtime_names",
     "runtimes_for_file",
@@ -98,3 +102,17 @@ def runtime_for_file(path: str | os.PathLike[str]) -> str:
     if not names:
         raise UsageError(f"no runtime loads {Path(path).name}", "expected a .onnx, .tflite or .pt2 file")
     return names[0]
+
+
+def run_file(
+    path: str | os.PathLike[str],
+    batch: np.ndarray,
+    layout: str = "NCHW",
+    engine: str | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """Float32 logits of a model file for an NCHW float32 ``batch``, fed in the file's ``layout``
+    (NCHW or NHWC), in ``engine`` (default: the file's). int8 I/O is (de)quantised by the session."""
+    session = get_runtime(engine or runtime_for_file(path)).load(path, threads=threads)
+    x = batch if layout == "NCHW" else batch.transpose(0, 2, 3, 1)
+    return session.run(np.ascontiguousarray(x, dtype=np.float32))

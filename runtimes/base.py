@@ -9,9 +9,24 @@ times only the engine call, never the conversion.
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+# Op categories every engine's profile reports in (the report's time-share plot uses them).
+CATEGORIES = (
+    "conv",
+    "depthwise",
+    "pointwise",
+    "element-wise",
+    "pooling",
+    "reshape/transpose",
+    "quantise/dequantise",
+    "other",
+)
 
 
 class Runtime:
@@ -19,6 +34,7 @@ class Runtime:
 
     name: str = ""
     suffixes: tuple[str, ...] = ()  # file suffixes it loads, e.g. (".onnx",)
+    accelerator: str = ""  # what executes the ops by default, e.g. "XNNPACK"
 
     def available(self) -> tuple[bool, str]:
         """``(True, "")`` or ``(False, what to install)``; never raises."""
@@ -29,6 +45,18 @@ class Runtime:
 
     def load(self, path: str | os.PathLike[str], threads: int = 1, **opts: Any) -> Session:
         raise NotImplementedError
+
+    def profile(
+        self, path: str | os.PathLike[str], threads: int, native: Any, runs: int, precision: str
+    ) -> dict[str, Any] | None:
+        """Where the time goes (per op category) and the ops off the fast path; None if the engine
+        has no profiler. ``native`` is a prepared input (``Session.prepare``)."""
+        return None
+
+    def slow_path(self, path: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
+        """An int8 file's ops that run outside the engine's int8 fast path, read from the graph it
+        executes (no timing); None when the engine cannot tell."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -119,3 +147,41 @@ def tensor_info(
         "scale": None if scale is None else float(scale),
         "zero_point": None if zero_point is None else int(zero_point),
     }
+
+
+def conv_kind(group: int, weight_shape: list[int] | None, nhwc: bool) -> str:
+    """depthwise (one input channel per group), pointwise (1x1, ungrouped) or conv (the rest)."""
+    if not weight_shape or len(weight_shape) != 4:
+        return "conv"
+    kh, kw, per_group = (
+        (weight_shape[1], weight_shape[2], weight_shape[3])
+        if nhwc
+        else (weight_shape[2], weight_shape[3], weight_shape[1])
+    )
+    if group > 1 and per_group == 1:
+        return "depthwise"
+    return "pointwise" if (kh, kw) == (1, 1) and group == 1 else "conv"
+
+
+def shares(per_category: dict[str, float]) -> dict[str, Any]:
+    total = sum(per_category.values())
+    ms = {c: round(per_category.get(c, 0.0), 4) for c in CATEGORIES if per_category.get(c)}
+    share = {c: round(v / total, 4) for c, v in ms.items()} if total else {}
+    return {"total_ms": round(total, 4), "by_category_ms": ms, "share": share}
+
+
+def time_calls(call: Callable[[], Any], runs: int) -> list[float]:
+    """Milliseconds of ``runs`` calls of ``call``, each timed alone (``time.perf_counter_ns``):
+    the one timing loop of the benchmark, the profiles and the peak measurement."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def p50(call: Callable[[], Any], warmup: int, runs: int) -> float:
+    """Median milliseconds of ``runs`` calls after ``warmup`` untimed ones."""
+    time_calls(call, warmup)
+    return round(statistics.median(time_calls(call, runs)), 4)

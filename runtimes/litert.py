@@ -7,17 +7,19 @@ i.e. the plain TFLite kernels, to show what the delegate buys (or why an op fall
 from __future__ import annotations
 
 import os
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 
 from edgekit.console import quiet_native
-from runtimes.base import Runtime, Session, quantize, tensor_info
+from runtimes.base import Runtime, Session, conv_kind, p50, quantize, tensor_info
 
 
 class LiteRTRuntime(Runtime):
     name = "litert"
     suffixes = (".tflite",)
+    accelerator = "XNNPACK"
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -36,6 +38,40 @@ class LiteRTRuntime(Runtime):
 
     def load(self, path: str | os.PathLike[str], threads: int = 1, **opts: Any) -> LiteRTSession:
         return LiteRTSession(path, threads, **opts)
+
+    def profile(
+        self, path: str | os.PathLike[str], threads: int, native: Any, runs: int = 50, precision: str = "fp32"
+    ) -> dict[str, Any]:
+        """Op categories, delegated vs not, and whole-graph p50 with and without XNNPACK (LiteRT's
+        Python API has no per-op profiler: no per-op times are invented)."""
+        ops = LiteRTSession(path, threads, xnnpack=True).ops()
+        counts: dict[str, Counter] = defaultdict(Counter)
+        for op in ops:
+            counts[category(op["op_name"], op["weight_shape"])][
+                "delegated" if op["delegated"] else "kernel"
+            ] += 1
+        off = Counter(op["op_name"] for op in ops if not op["delegated"])
+        timed = {}
+        for name, flag in (("xnnpack", True), ("builtin", False)):
+            session = LiteRTSession(path, threads, xnnpack=flag)
+            timed[name] = p50(lambda s=session: s.invoke(native), 10, runs)
+        why = "not delegated to XNNPACK: runs on the TFLite kernel between two delegate partitions"
+        return {
+            "source": "LiteRT op list after delegation (ai_edge_litert's Python API has no per-op "
+            f"profiler; no per-op times); whole-graph p50 of {runs} runs, {threads} thread(s)",
+            "by_category_ms": None,
+            "op_counts": {cat: dict(c) for cat, c in counts.items()},
+            "delegated_ops": sum(op["delegated"] for op in ops),
+            "total_ops": len(ops),
+            "p50_ms_xnnpack": timed["xnnpack"],
+            "p50_ms_builtin": timed["builtin"],
+            "slow_path": [{"op": op, "count": n, "ms": None, "why": why} for op, n in off.most_common()],
+        }
+
+    def slow_path(self, path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+        """The ops XNNPACK does not take (they run on the TFLite kernels between partitions)."""
+        off = Counter(op["op_name"] for op in LiteRTSession(path, 1).ops() if not op["delegated"])
+        return [{"op": op, "count": n} for op, n in off.most_common()]
 
 
 class LiteRTSession(Session):
@@ -133,3 +169,53 @@ def _partition(delegate: dict[str, Any], original: list[dict[str, Any]]) -> set[
         ops.add(op["index"])
         stack.extend(int(t) for t in op["inputs"] if t >= 0)
     return ops
+
+
+# --- op categories ---------------------------------------------------------------------------
+
+_TFL_CATEGORY = {
+    "DEPTHWISE_CONV_2D": "depthwise",
+    "FULLY_CONNECTED": "pointwise",
+    "BATCH_MATMUL": "pointwise",
+    "AVERAGE_POOL_2D": "pooling",
+    "MAX_POOL_2D": "pooling",
+    "MEAN": "pooling",
+    "QUANTIZE": "quantise/dequantise",
+    "DEQUANTIZE": "quantise/dequantise",
+    "RESHAPE": "reshape/transpose",
+    "TRANSPOSE": "reshape/transpose",
+    "CONCATENATION": "reshape/transpose",
+    "PAD": "reshape/transpose",
+    "SQUEEZE": "reshape/transpose",
+    "SPLIT": "reshape/transpose",
+    "STRIDED_SLICE": "reshape/transpose",
+    "SLICE": "reshape/transpose",
+    "GATHER": "reshape/transpose",
+}
+_TFL_ELEMENTWISE = {
+    "ADD",
+    "SUB",
+    "MUL",
+    "DIV",
+    "RELU",
+    "RELU6",
+    "RELU_N1_TO_1",
+    "HARD_SWISH",
+    "LOGISTIC",
+    "TANH",
+    "MAXIMUM",
+    "MINIMUM",
+    "LEAKY_RELU",
+    "PRELU",
+    "SOFTMAX",
+    "SQUARED_DIFFERENCE",
+    "RSQRT",
+}
+
+
+def category(op_name: str, weight_shape: list[int] | None = None) -> str:
+    if op_name == "CONV_2D":
+        return conv_kind(1, weight_shape, nhwc=True)
+    if op_name in _TFL_ELEMENTWISE:
+        return "element-wise"
+    return _TFL_CATEGORY.get(op_name, "other")

@@ -6,13 +6,18 @@ runtimes/ first on sys.path) can never shadow the real onnxruntime package.
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.console import ort_log_level
-from runtimes.base import Runtime, Session, quantize, tensor_info
+from runtimes.base import Runtime, Session, conv_kind, quantize, shares, tensor_info
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 _ORT_TYPES = {
@@ -26,6 +31,7 @@ _ORT_TYPES = {
 class OrtRuntime(Runtime):
     name = "onnxruntime"
     suffixes = (".onnx",)
+    accelerator = "CPUExecutionProvider"
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -45,6 +51,52 @@ class OrtRuntime(Runtime):
 
     def load(self, path: str | os.PathLike[str], threads: int = 1, **opts: Any) -> OrtSession:
         return OrtSession(path, threads, **opts)
+
+    def profile(
+        self, path: str | os.PathLike[str], threads: int, native: Any, runs: int = 50, precision: str = "fp32"
+    ) -> dict[str, Any]:
+        """Per-category time (ms per run, share) from ORT's profiler, plus the fast-path check."""
+        import onnx
+        from onnx import numpy_helper
+
+        warmup = 10
+        with tempfile.TemporaryDirectory(prefix="edgekit-prof-") as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            sess = OrtSession(path, threads, profile=str(Path(tmp) / "ort"), optimized_model_path=optimized)
+            for _ in range(warmup + runs):
+                sess.invoke(native)
+            trace = json.loads(Path(sess.end_profiling()).read_text())
+            graph = onnx.load(optimized).graph
+        inits = {i.name: list(numpy_helper.to_array(i).shape) for i in graph.initializer}
+        nodes = {n.name: n for n in graph.node if n.name}
+        durations: dict[str, list[float]] = defaultdict(list)
+        op_types: dict[str, str] = {}
+        for event in _last_runs(trace, runs):
+            name = event["name"].removesuffix("_kernel_time")
+            durations[name].append(event["dur"] / 1e3)
+            op_types[name] = event["args"].get("op_name", "?")
+        per_op: dict[str, float] = defaultdict(float)
+        per_category: dict[str, float] = defaultdict(float)
+        for name, times in durations.items():
+            ms = statistics.median(times)  # median per node: a preempted run must not inflate one op
+            per_op[op_types[name]] += ms
+            per_category[category(op_types[name], nodes.get(name), inits)] += ms
+        return {
+            "source": f"ONNX Runtime profiler (enable_profiling), per-node median of {runs} runs after "
+            f"{warmup} warm-up, {threads} thread(s); ops of the optimised graph",
+            **shares(per_category),
+            "by_op_ms": {k: round(v, 4) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+            "slow_path": slow_path_ops(graph, per_op) if precision == "int8" else [],
+        }
+
+    def slow_path(self, path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+        """Float ops left between Q/DQ in the graph ONNX Runtime runs (after its QDQ fusions)."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgekit-int8-graph-") as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            OrtSession(path, 1, optimized_model_path=optimized)
+            return slow_path_ops(onnx.load(optimized).graph)
 
 
 class OrtSession(Session):
@@ -130,3 +182,144 @@ def _io_quant(path: str | os.PathLike[str], tensor: str, op_type: str) -> tuple[
             zp = inits.get(node.input[2]) if len(node.input) > 2 else None
             return float(inits[node.input[1]]), int(0 if zp is None else zp)
     raise ValueError(f"{path}: integer tensor {tensor!r} has no {op_type} giving its scale")
+
+
+# --- where the time goes: op categories, the profiler's trace, the int8 fast path --------------------
+
+_ORT_CONV = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcConv", "NhwcFusedConv"}
+_ORT_LINEAR = {"Gemm", "MatMul", "QGemm", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "FusedGemm"}
+_ORT_POOL = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "ReduceMean",
+}
+_ORT_QDQ = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+_ORT_SHAPE = {
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Shape",
+    "Identity",
+    "Expand",
+    "ReorderInput",
+    "ReorderOutput",
+    "Pad",
+    "QLinearConcat",
+}
+_ORT_ELEMENTWISE = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "Sigmoid",
+    "Tanh",
+    "Max",
+    "Min",
+    "Sum",
+    "Erf",
+    "LeakyRelu",
+    "PRelu",
+    "BatchNormalization",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "Softmax",
+    "Neg",
+    "Sqrt",
+    "Pow",
+}
+# ops that run in int8 (or only move data) in a QDQ model; anything else computed is float
+_ORT_INT8 = {
+    "QLinearConv",
+    "ConvInteger",
+    "QGemm",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "QLinearConcat",
+    "MaxPool",
+    "NhwcMaxPool",  # ORT's uint8/int8 max pool (what MaxPool between Q/DQ becomes)
+}
+
+
+def category(op_type: str, node: Any = None, inits: dict[str, list[int]] | None = None) -> str:
+    """Category of an ONNX Runtime node (``node``: the optimised graph's NodeProto, for convs)."""
+    if op_type in _ORT_CONV:
+        if node is None:
+            return "conv"
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = node.input[3] if op_type == "QLinearConv" else node.input[1]
+        return conv_kind(group, (inits or {}).get(weight), nhwc=False)
+    if op_type in _ORT_LINEAR:
+        return "pointwise"  # a fully connected layer is a 1x1 conv on a 1x1 map
+    for ops, category in (
+        (_ORT_POOL, "pooling"),
+        (_ORT_QDQ, "quantise/dequantise"),
+        (_ORT_SHAPE, "reshape/transpose"),
+        (_ORT_ELEMENTWISE, "element-wise"),
+    ):
+        if op_type in ops:
+            return category
+    return "other"
+
+
+def _last_runs(trace: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
+    """Node events inside the last ``runs`` model_run windows (the warm-up runs are dropped)."""
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")[-runs:]
+    if not windows:
+        return []
+    start = windows[0][0]
+    return [
+        e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start
+    ]
+
+
+def slow_path_ops(graph: Any, per_op_ms: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Float compute ops left in an int8 model's optimised graph: each costs a Dequantize before and a
+    Quantize after, and runs in float32 instead of int8."""
+    counts = Counter(
+        n.op_type
+        for n in graph.node
+        if n.op_type not in _ORT_INT8 | _ORT_QDQ | _ORT_SHAPE
+        and category(n.op_type) not in ("reshape/transpose", "quantise/dequantise")
+    )
+    qdq = Counter(n.op_type for n in graph.node if n.op_type in _ORT_QDQ)
+    slow = [
+        {
+            "op": op,
+            "count": count,
+            "ms": round((per_op_ms or {}).get(op, 0.0), 4),
+            "why": "no int8 kernel: runs in float32 between DequantizeLinear and QuantizeLinear",
+        }
+        for op, count in counts.most_common()
+    ]
+    if slow:
+        slow.append(
+            {
+                "op": "QuantizeLinear+DequantizeLinear",
+                "count": sum(qdq.values()),
+                "ms": round(sum((per_op_ms or {}).get(op, 0.0) for op in _ORT_QDQ), 4),
+                "why": "conversions left in the graph around the float ops",
+            }
+        )
+    return slow

@@ -16,6 +16,7 @@ from runtimes.base import Runtime, Session, tensor_info
 class TorchRuntime(Runtime):
     name = "torch"
     suffixes = (".pt2",)
+    accelerator = "eager (CPU)"
 
     def available(self) -> tuple[bool, str]:
         try:

@@ -50,7 +50,9 @@ def build(folder: Path, act: str = "relu6", res: int = 32, int8: bool = True) ->
     """Write model.pt2, model.onnx, model_fp32.tflite (+ int8 .onnx/.tflite) and a manifest."""
     import torch
 
-    from edgekit.manifest import file_entry, new_manifest, write_manifest
+    from calibration.preprocess import PreprocessSpec
+    from edgekit import formats
+    from edgekit.manifest import FileEntry, Manifest, write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     net = tiny_net(act)
@@ -68,26 +70,21 @@ def build(folder: Path, act: str = "relu6", res: int = 32, int8: bool = True) ->
     _tflite(net, res, folder / "model_fp32.tflite", int8=False)
     io = {"name": "input", "shape": [1, 3, res, res], "dtype": "float32", "scale": None, "zero_point": None}
     nhwc = {**io, "shape": [1, res, res, 3]}
-    files = {
-        "torch": file_entry(folder, "model.pt2", layout="NCHW", precision="fp32", input=io),
-        "onnx-fp32": file_entry(folder, "model.onnx", layout="NCHW", precision="fp32", input=io),
-        "tflite-fp32": file_entry(folder, "model_fp32.tflite", layout="NHWC", precision="fp32", input=nhwc),
-    }
+    names = ["torch", "onnx-fp32", "tflite-fp32"]
     if int8:
         _onnx_int8(folder / "model.onnx", folder / "model_int8.onnx", res)
         _tflite(net, res, folder / "model_int8.tflite", int8=True)
-        files["onnx-int8"] = file_entry(folder, "model_int8.onnx", layout="NCHW", precision="int8", input=io)
-        files["tflite-int8"] = file_entry(
-            folder, "model_int8.tflite", layout="NHWC", precision="int8", input=nhwc
-        )
-    from calibration.preprocess import PreprocessSpec
-
-    manifest = new_manifest(
+        names += ["onnx-int8", "tflite-int8"]
+    files = {}
+    for name in names:
+        fmt = formats.get(name)
+        files[name] = FileEntry.of(folder, fmt, {"input": nhwc if fmt.layout == "NHWC" else io}, {})
+    manifest = Manifest(
         model={"name": f"tiny_{act}", "resolution": res, "num_classes": CLASSES, "macs": tiny_macs(res)},
         input={"shape": [1, 3, res, res]},
         preprocess=PreprocessSpec(resolution=res, resize=res).to_dict(),
+        files=files,
     )
-    manifest["files"] = files
     write_manifest(folder, manifest)
     return folder
 

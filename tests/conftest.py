@@ -115,3 +115,10 @@ def sshd(tmp_path_factory):
     }
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def manifest_json(folder: Path, check_hashes: bool = True) -> dict:
+    """A folder's manifest in its JSON form (what manifest.json and `export --json` hold)."""
+    from edgekit.manifest import read_manifest
+
+    return read_manifest(folder, check_hashes).to_dict()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_json
 
 from edgekit.errors import ArtifactError, TargetError, WeightsError
-from edgekit.manifest import read_manifest
 
 EXPORT_SMALL = ["export", "mobilenet_v2", "--width", "0.35", "--resolution", "64"]
 
@@ -292,7 +292,7 @@ def test_out_on_a_mount_point_writes_inside_it(tmp_path: Path) -> None:
             proc = edgekit(*EXPORT_SMALL, "--formats", "onnx", "--out", str(out))
             assert proc.returncode == 0, proc.stderr[-1000:]
         assert {p.name for p in out.iterdir()} == {"manifest.json", "model.pt2", "model.onnx", "report.md"}
-        read_manifest(out)  # every hash matches
+        manifest_json(out)  # every hash matches
     finally:
         subprocess.run(["umount", str(out)], check=False)
 
@@ -369,10 +369,10 @@ def test_default_folder_name_is_what_help_says() -> None:
 
 
 def test_random_weights_are_said_next_to_int8_figures() -> None:
+    from edgekit.manifest import Manifest
     from edgekit.report import random_weights_note
 
-    manifest = {"model": {"weights": {"init": "random (seeded)"}}, "calibration": {}}
-    assert "RANDOM WEIGHTS" in random_weights_note(manifest) and "--pretrained" in random_weights_note(
-        manifest
-    )
-    assert random_weights_note({"model": {}, "calibration": {}}) == ""
+    random = Manifest(model={"weights": {"init": "random (seeded)"}}, input={}, preprocess={}, calibration={})
+    note = random_weights_note(random)
+    assert "RANDOM WEIGHTS" in note and "--pretrained" in note
+    assert random_weights_note(Manifest(model={}, input={}, preprocess={}, calibration={})) == ""

@@ -54,7 +54,7 @@ def report(art, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("out") / "bench.json"
     return bench_mod.bench(
         art, runtimes=["onnxruntime", "litert"], threads=[1], warmup=3, runs=25, profile=True, out_file=out
-    ) | {"_out": out}
+    ).to_dict() | {"_out": out}
 
 
 def test_schema_and_invariants(report):
@@ -115,7 +115,9 @@ def test_recorded_and_written(report, art):
 
 
 def test_single_file_and_skips(art):
-    result = bench_mod.bench(art / "model.onnx", runtimes=["onnxruntime", "litert"], warmup=0, runs=3)
+    result = bench_mod.bench(
+        art / "model.onnx", runtimes=["onnxruntime", "litert"], warmup=0, runs=3
+    ).to_dict()
     assert [(r["format"], r["runtime"]) for r in result["results"]] == [("onnx-fp32", "onnxruntime")]
     assert result["skipped"] == [
         {"runtime": "litert", "format": None, "reason": "no file here that litert loads"}
@@ -129,7 +131,7 @@ def test_missing_runtime_is_skipped(art, monkeypatch):
     # Nothing could run: an error that carries each skip's reason (it was an empty table, exit 0).
     with pytest.raises(ArtifactError, match="tflite-fp32/litert: pip install ai-edge-litert"):
         bench_mod.bench(art / "model_fp32.tflite", warmup=0, runs=2)
-    result = bench_mod.bench(art, runtimes=["onnxruntime", "litert"], warmup=0, runs=2)
+    result = bench_mod.bench(art, runtimes=["onnxruntime", "litert"], warmup=0, runs=2).to_dict()
     assert {"runtime": "litert", "format": "tflite-fp32", "reason": "pip install ai-edge-litert"} in result[
         "skipped"
     ]

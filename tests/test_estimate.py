@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from edgekit import estimate
-from edgekit.devices import DEVICES, Device
 from edgekit.errors import UsageError
+from edgekit.studies import estimate
+from edgekit.studies.devices import DEVICES, Device
 
 TOY = Device("toy", "toy board", "toy core", 1.0, 4, 4, 16, True, 2.0, 32, 256)
 NO_OVERHEAD = estimate.Calibration(dense=0.5, depthwise=0.1, group=0.25, overhead_cycles=0.0, parallel=1.0)

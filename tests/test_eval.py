@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import manifest_json
 from PIL import Image
 
 from edgekit import evaluate
 from edgekit.cli import cli
 from edgekit.errors import UsageError
-from edgekit.manifest import read_manifest, read_results
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/imagenet-sample")
+from edgekit.manifest import read_results
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,7 @@ def test_eval_labelled_folder(float_dir, tmp_path):
             img = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
             (tmp_path / wnid).mkdir(exist_ok=True)
             Image.fromarray(img).save(tmp_path / wnid / f"{i}.png")
-    result = evaluate.evaluate(float_dir, data=tmp_path)
+    result = evaluate.evaluate(float_dir, data=tmp_path).to_dict()
     torch_row = result["formats"][0]
     assert result["measured"]["labelled"] and torch_row["format"] == "torch"
     assert 0.0 <= torch_row["top1"] <= torch_row["top5"] <= 100.0
@@ -85,12 +83,12 @@ def test_eval_on_emulated_pi_matches_local(tmp_path):
 
     out = tmp_path / "tiny"
     pipeline.export("mobilenet_v2", out_dir=out, width=0.35, resolution=64, int8=True, calib_samples=8)
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     for fmt in [f for f in manifest["files"] if f not in ("torch", "onnx-int8", "tflite-int8")]:
         manifest["files"].pop(fmt)  # one int8 file per engine keeps the emulated calls to two
     (out / "manifest.json").write_text(json.dumps(manifest))
-    local = {r["format"]: r for r in evaluate.evaluate(out, limit=4)["formats"]}
-    remote = evaluate.evaluate(out, limit=4, target="pi4-emu")
+    local = {r["format"]: r for r in evaluate.evaluate(out, limit=4).to_dict()["formats"]}
+    remote = evaluate.evaluate(out, limit=4, target="pi4-emu").to_dict()
     rows = {r["format"]: r for r in remote["formats"]}
     assert remote["measured"]["emulated"] is True and "note" in rows["torch"]
     for fmt in ("onnx-int8", "tflite-int8"):
@@ -111,8 +109,7 @@ def test_metrics_on_known_values():
 
 
 @pytest.mark.slow
-@needs_shared
-def test_pretrained_mobilenet_v2_int8_targets(tmp_path):
+def test_pretrained_mobilenet_v2_int8_targets(tmp_path, imagenet_sample):
     """Built-in calibration, per-channel: within 1 top-1 point of float and >= 93% agreement."""
     from edgekit import pipeline
 
@@ -123,7 +120,7 @@ def test_pretrained_mobilenet_v2_int8_targets(tmp_path):
         if type(exc).__name__ == "WeightsError":
             pytest.skip(f"pretrained weights unavailable: {exc}")
         raise
-    result = evaluate.evaluate(out, data=SHARED)
+    result = evaluate.evaluate(out, data=imagenet_sample).to_dict()
     rows = {r["format"]: r for r in result["formats"]}
     assert rows["torch"]["images"] == 250
     shutil.rmtree(out)

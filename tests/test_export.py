@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import manifest_json
 
+from calibration.preprocess import PreprocessSpec
 from edgekit import pipeline, verify
+from edgekit.build import build
 from edgekit.errors import UsageError
-from edgekit.manifest import read_manifest
 
 TINY = {"width": 0.35, "resolution": 64}
 EXPECTED_FILES = {
@@ -36,7 +38,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 def _model(name: str = "mobilenet_v2"):
     # The pipeline's own build: seeded weights and batch-norm statistics from the built-in photos.
-    return pipeline.build(name, width=TINY["width"], resolution=TINY["resolution"]).model
+    return build(name, width=TINY["width"], resolution=TINY["resolution"]).model
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -48,7 +50,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_artifact_folder_and_manifest(small_artifact: Path) -> None:
-    manifest = read_manifest(small_artifact, check_hashes=True)  # raises on any hash mismatch
+    manifest = manifest_json(small_artifact, check_hashes=True)  # raises on any hash mismatch
     assert {fmt: e["path"] for fmt, e in manifest["files"].items()} == EXPECTED_FILES
     hashes = _hashes(small_artifact)
     for entry in manifest["files"].values():
@@ -64,7 +66,8 @@ def test_artifact_folder_and_manifest(small_artifact: Path) -> None:
     assert 1e6 < model["macs"] < 2e7  # MobileNetV2-0.35 at 64 px: ~5.6 M MACs
     assert manifest["input"] == {"shape": [1, 3, 64, 64], "dtype": "float32", "layout": "NCHW"}
     assert manifest["preprocess"]["resolution"] == 64 and manifest["preprocess"]["resize"] == 73
-    assert all(manifest["tools"][k] for k in ("torch", "onnx", "onnxruntime", "onnxslim", "litert_torch"))
+    tools = ("python", "torch", "onnx", "onnxruntime", "onnxslim", "litert-torch")
+    assert all(manifest["tools"][k] for k in tools)
     onnx_entry = manifest["files"]["onnx-fp32"]
     assert onnx_entry["opset"] >= 18 and onnx_entry["ops"]["Conv"] == 52
     assert onnx_entry["inputs"][0]["name"] == "input" and onnx_entry["outputs"][0]["name"] == "logits"
@@ -75,8 +78,8 @@ def test_tflite_files_take_nhwc(small_artifact: Path) -> None:
     import torch
     from ai_edge_litert.interpreter import Interpreter
 
-    manifest = read_manifest(small_artifact)
-    images = verify.sample_images(pipeline.PreprocessSpec.from_dict(manifest["preprocess"]), 2)
+    manifest = manifest_json(small_artifact)
+    images = verify.sample_images(PreprocessSpec.from_dict(manifest["preprocess"]), 2)
     with torch.inference_mode():
         float_ref = _model()(torch.from_numpy(images)).numpy()
         fp16_ref = verify.fp16_reference(_model())(torch.from_numpy(images)).numpy()
@@ -97,7 +100,7 @@ def test_tflite_files_take_nhwc(small_artifact: Path) -> None:
 
 
 def test_verification_figures_within_gates(small_artifact: Path) -> None:
-    files = read_manifest(small_artifact)["files"]
+    files = manifest_json(small_artifact)["files"]
     for fmt, entry in files.items():
         ver = entry["verification"]
         assert ver["passed"], (fmt, ver["failures"])
@@ -116,7 +119,7 @@ def test_verification_figures_within_gates(small_artifact: Path) -> None:
 
 def test_report_names_files_and_xnnpack(small_artifact: Path) -> None:
     report = (small_artifact / "report.md").read_text()
-    manifest = read_manifest(small_artifact)
+    manifest = manifest_json(small_artifact)
     for entry in manifest["files"].values():
         assert entry["path"] in report and entry["sha256"][:12] in report
     for fmt in ("tflite-fp32", "tflite-fp16"):
@@ -143,7 +146,7 @@ def test_dynamic_batch_runs_batch_of_three(onnx_dynamic: Path) -> None:
     import onnxruntime as ort
     import torch
 
-    manifest = read_manifest(onnx_dynamic)
+    manifest = manifest_json(onnx_dynamic)
     assert set(manifest["files"]) == {"torch", "onnx-fp32"}
     assert manifest["input"]["shape"][0] == "batch"
     session = ort.InferenceSession(str(onnx_dynamic / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -226,11 +229,11 @@ def test_user_module_file_factory(tmp_path: Path) -> None:
     source = tmp_path / "tiny_net.py"
     source.write_text(textwrap.dedent(USER_MODULE))
     manifest = pipeline.export(f"{source}:make", out_dir=tmp_path / "out", argv=["pytest"])
-    model = manifest["model"]
+    model = manifest.model
     assert model["source"] == "file" and model["name"] == "tiny_net:make"
     assert model["args"]["resolution"] == 32 and model["args"]["num_classes"] == 10
     assert model["params"] == 3 * 8 * 9 + 8 + 8 * 10 + 10
-    files = read_manifest(tmp_path / "out")["files"]
+    files = manifest_json(tmp_path / "out")["files"]
     assert set(files) == set(EXPECTED_FILES) and all(e["verification"]["passed"] for e in files.values())
     xnn = files["tflite-fp32"]["xnnpack"]
     assert not xnn["fully_delegated"] and xnn["not_delegated"] == {"CUMSUM": 1}
@@ -242,23 +245,23 @@ def test_user_module_needs_resolution(tmp_path: Path) -> None:
     source = tmp_path / "nores.py"
     source.write_text("from torch import nn\n\ndef make():\n    return nn.Sequential(nn.Flatten())\n")
     with pytest.raises(UsageError, match="resolution unknown"):
-        pipeline.build(f"{source}:make")
+        build(f"{source}:make")
     with pytest.raises(UsageError, match="has no function"):
-        pipeline.build(f"{source}:missing", resolution=64)
+        build(f"{source}:missing", resolution=64)
 
 
 def test_converter_failure_names_the_op(tmp_path: Path) -> None:
     import torch
 
-    import exporters
     from edgekit.errors import ExportError
+    from exporters import tflite
 
     class ErfInv(torch.nn.Module):  # litert-torch 0.10 has no lowering for erfinv
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.special.erfinv(x.clamp(-0.5, 0.5)).mean((2, 3))
 
     with pytest.raises(ExportError, match=r"tflite conversion failed at op aten\.erfinv"):
-        exporters.export("tflite-fp32", ErfInv(), torch.zeros(1, 3, 32, 32), tmp_path / "m.tflite")
+        tflite.export(ErfInv(), torch.zeros(1, 3, 32, 32), tmp_path / "m.tflite")
 
 
 def test_quant_options_need_int8() -> None:
@@ -288,5 +291,5 @@ def _zoo() -> list[str]:
 @pytest.mark.parametrize("name", _zoo())
 def test_zoo_exports_and_verifies(name: str, tmp_path: Path) -> None:
     manifest = pipeline.export(name, out_dir=tmp_path / name, resolution=64)
-    assert set(manifest["files"]) == set(EXPECTED_FILES)
-    assert all(e["verification"]["passed"] for e in manifest["files"].values())
+    assert set(manifest.files) == set(EXPECTED_FILES)
+    assert all(e.verification["passed"] for e in manifest.files.values())

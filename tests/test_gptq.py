@@ -79,12 +79,13 @@ def test_weights_are_on_the_grid_and_beat_nearest_rounding(bits: int, per_channe
 
 
 def test_gptq_remedy_runs_before_bias_correction() -> None:
+    from calibration.config import QuantConfig
     from calibration.int8 import apply_remedies
 
     model = _net()
     calib = _inputs(32, seed=3).numpy()
-    options = {"gptq": True, "equalize_streams": False}
-    models, remedies = apply_remedies(model, calib, options, {"w6": WeightGrid(6, per_channel=False)})
+    config = QuantConfig(gptq=True, equalize_streams=False, per_tensor=True, weight_bits=6)
+    models, remedies = apply_remedies(model, calib, config, {"w6": WeightGrid(6, per_channel=False)})
     prepared = models["w6"]
     assert [r["name"] for r in remedies] == ["gptq", "bias_correct"]
     assert remedies[0]["weight_bits"] == 6 and remedies[0]["per_channel"] is False

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgekit.analysis import guidelines as g
+from edgekit.studies import guidelines as g
 
 
 @pytest.mark.parametrize("gid", ["G1", "G2", "G3"])

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
+from conftest import manifest_json
 
 from calibration.preprocess import PreprocessSpec
-from edgekit.manifest import read_manifest
 
 RESOLUTION = 64
 OPTIONS = {"calib": "builtin", "calib_samples": 16}
@@ -25,7 +25,7 @@ def int8_dir(tmp_path_factory):
 
 
 def test_int8_files_and_manifest(int8_dir):
-    manifest = read_manifest(int8_dir)
+    manifest = manifest_json(int8_dir)
     files = manifest["files"]
     assert {"onnx-int8", "tflite-int8"} <= set(files)
     tfl = files["tflite-int8"]
@@ -70,7 +70,7 @@ def test_gptq_export_lists_the_remedy(tmp_path):
     pipeline.export(
         "mobilenet_v2", out_dir=out, resolution=RESOLUTION, formats=["onnx"], int8=True, gptq=True, **OPTIONS
     )
-    manifest = read_manifest(out)
+    manifest = manifest_json(out)
     remedies = manifest["calibration"]["remedies"]
     assert [r["name"] for r in remedies] == ["equalize_streams", "gptq", "bias_correct"]
     gptq = remedies[1]
@@ -84,23 +84,36 @@ def test_gptq_export_lists_the_remedy(tmp_path):
 
 
 def test_remedies_default_and_switches():
-    from calibration.int8 import remedies_asked
+    """One QuantConfig holds the int8 defaults; None (an option not given) keeps them."""
+    from calibration.config import QuantConfig
 
     defaults = {"equalize": False, "equalize_streams": True, "gptq": False, "bias_correct": True}
-    assert remedies_asked({}) == defaults
-    assert remedies_asked({"bias_correct": None, "equalize": True}) == {**defaults, "equalize": True}
-    off = {"bias_correct": False, "equalize_streams": False}
-    assert remedies_asked(off) == {"equalize": False, "gptq": False, **off}
+    assert QuantConfig.from_options().remedies() == defaults
+    asked = QuantConfig.from_options(bias_correct=None, equalize=True)
+    assert asked.remedies() == {**defaults, "equalize": True}
+    off = QuantConfig.from_options(bias_correct=False, equalize_streams=False)
+    assert off.remedies() == {
+        "equalize": False,
+        "gptq": False,
+        "bias_correct": False,
+        "equalize_streams": False,
+    }
+    with pytest.raises(TypeError, match="unknown int8 options"):
+        QuantConfig.from_options(bias_corect=False)
 
 
 @pytest.mark.parametrize("fmt", ["onnx-int8", "tflite-int8"])
 def test_int8_runs_and_agrees_with_float(int8_dir, fmt):
     from edgekit import evaluate, verify
 
-    manifest = read_manifest(int8_dir)
+    manifest = manifest_json(int8_dir)
     images, _, _, _ = evaluate.load_eval_images(PreprocessSpec.from_dict(manifest["preprocess"]), None, 24)
-    ref, _ = evaluate.run_format(int8_dir, manifest, "torch", images, threads=1)
-    out, how = evaluate.run_format(int8_dir, manifest, fmt, images, threads=1)
+    from edgekit import formats
+    from edgekit.manifest import read_manifest
+
+    typed = read_manifest(int8_dir)
+    ref, _ = evaluate.run_local(typed, formats.get("torch"), images, threads=1)
+    out, how = evaluate.run_local(typed, formats.get(fmt), images, threads=1)
     assert out.shape == ref.shape == (24, 1000)
     cos = verify.cosine(ref, out)
     # Random weights (BN statistics from photos) quantise worse than trained ones: measured mean
@@ -119,7 +132,7 @@ def test_same_command_same_files(int8_dir, tmp_path):
         pipeline.export("mobilenet_v2", out_dir=again, resolution=RESOLUTION, int8=True, **OPTIONS)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
-    first, second = read_manifest(int8_dir), read_manifest(again)
+    first, second = manifest_json(int8_dir), manifest_json(again)
     for fmt in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"):
         assert first["files"][fmt]["sha256"] == second["files"][fmt]["sha256"], fmt
 
@@ -135,7 +148,7 @@ def test_every_zoo_network_quantises(tmp_path):
         out = tmp_path / name
         try:
             pipeline.export(name, out_dir=out, resolution=96, int8=True, calib="builtin", calib_samples=8)
-            result = evaluate.evaluate(out, limit=16)
+            result = evaluate.evaluate(out, limit=16).to_dict()
         except Exception as exc:  # collect every failing network, not only the first
             failures[name] = f"{type(exc).__name__}: {exc}"
             continue

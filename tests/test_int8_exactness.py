@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import manifest_json
 
 from calibration.grid import PAIR_LIMIT, WeightGrid, max_pair_sums, pair_safe_levels, reads_pairs
 from calibration.onnx_check import layer_check, output_step, pair_report
 from edgekit.machine import Int8Path, cpu_features
-from edgekit.manifest import read_manifest
 
 RESOLUTION = 64
 needs_qemu_x86 = pytest.mark.skipif(
@@ -110,7 +110,7 @@ def stock(exported: Path) -> Path:
     from calibration.preprocess import PreprocessSpec
     from calibration.sources import builtin_tensors
 
-    spec = PreprocessSpec.from_dict(read_manifest(exported)["preprocess"])
+    spec = PreprocessSpec.from_dict(manifest_json(exported)["preprocess"])
     batches = iter(builtin_tensors(spec, 16, seed=0)[:, None])
 
     class Reader(CalibrationDataReader):
@@ -132,7 +132,7 @@ def stock(exported: Path) -> Path:
 
 
 def test_export_records_where_the_file_is_exact(exported: Path) -> None:
-    entry = read_manifest(exported)["files"]["onnx-int8"]
+    entry = manifest_json(exported)["files"]["onnx-int8"]
     exact = entry["exactness"]
     assert (
         exact["pair_limit"] == PAIR_LIMIT and exact["max_pair_sum"] <= PAIR_LIMIT and not exact["over_limit"]
@@ -166,7 +166,7 @@ def photos(exported: Path) -> Path:
     from edgekit.verify import sample_images
 
     path = exported.parent / "photos.npy"
-    np.save(path, sample_images(PreprocessSpec.from_dict(read_manifest(exported)["preprocess"]), 2))
+    np.save(path, sample_images(PreprocessSpec.from_dict(manifest_json(exported)["preprocess"]), 2))
     return path
 
 
@@ -198,7 +198,7 @@ def test_avx2_kernels_compute_the_file_exactly(exported: Path, stock: Path, phot
 def test_avx2_emu_gives_the_hosts_outputs(exported: Path, fmt: str, layout: str) -> None:
     from runtimes.targets import get_target
 
-    manifest = read_manifest(exported)
+    manifest = manifest_json(exported)
     path = exported / manifest["files"][fmt]["path"]
     engine = "onnxruntime" if fmt.startswith("onnx") else "litert"
     x = np.random.default_rng(4).standard_normal((2, 3, RESOLUTION, RESOLUTION), dtype=np.float32)
@@ -212,7 +212,7 @@ def test_avx2_emu_gives_the_hosts_outputs(exported: Path, fmt: str, layout: str)
 
 
 def test_bias_correction_runs_on_each_files_grid(exported: Path) -> None:
-    remedies = read_manifest(exported)["calibration"]["remedies"]
+    remedies = manifest_json(exported)["calibration"]["remedies"]
     corrected = {tuple(r["formats"]): r["grid"] for r in remedies if r["name"] == "bias_correct"}
     assert corrected == {
         ("onnx-int8",): "8-bit per-channel, same-sign pairs <= 128",

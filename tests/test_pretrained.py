@@ -20,7 +20,6 @@ from edgekit.errors import UsageError, WeightsError
 from edgekit.zoo import create_model, get_entry
 from edgekit.zoo import weights as zoo_weights
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 CLASSES = Path(edgekit.__file__).parent / "data" / "imagenet_classes.txt"
 
 
@@ -112,11 +111,9 @@ def test_loads_strict(name: str, cached_sources: dict[str, Path]) -> None:
     assert np.allclose(loaded, original)
 
 
-def _top1_top5(name: str) -> tuple[float, float]:
-    if not SAMPLE.is_dir():
-        pytest.skip(f"{SAMPLE} is absent")
+def _top1_top5(name: str, sample: Path) -> tuple[float, float]:
     synsets = [line.split()[0] for line in CLASSES.read_text().splitlines() if line.strip()]
-    files = sorted(p for folder in SAMPLE.iterdir() if folder.is_dir() for p in folder.iterdir())
+    files = sorted(p for folder in sample.iterdir() if folder.is_dir() for p in folder.iterdir())
     labels = np.array([synsets.index(p.parent.name) for p in files])
     entry = get_entry(name)
     spec = PreprocessSpec(resolution=entry.resolution, resize=entry.resize, mean=entry.mean, std=entry.std)
@@ -130,17 +127,15 @@ def _top1_top5(name: str) -> tuple[float, float]:
     return 100 * float((top5[:, 0] == labels).mean()), 100 * float((top5 == labels[:, None]).any(1).mean())
 
 
-@pytest.mark.needs_shared
-def test_mobilenet_v2_accuracy(cached_sources: dict[str, Path]) -> None:
-    top1, top5 = _top1_top5("mobilenet_v2")
+def test_mobilenet_v2_accuracy(cached_sources: dict[str, Path], imagenet_sample: Path) -> None:
+    top1, top5 = _top1_top5("mobilenet_v2", imagenet_sample)
     # A reference implementation of torchvision's MobileNetV2 scores 83.6 / 96.0 on this sample.
     assert abs(top1 - 83.6) <= 1.0, top1
     assert abs(top5 - 96.0) <= 1.0, top5
 
 
-@pytest.mark.needs_shared
-def test_efficientnet_lite0_accuracy(cached_sources: dict[str, Path]) -> None:
-    top1, top5 = _top1_top5("efficientnet_lite0")
+def test_efficientnet_lite0_accuracy(cached_sources: dict[str, Path], imagenet_sample: Path) -> None:
+    top1, top5 = _top1_top5("efficientnet_lite0", imagenet_sample)
     # Measured 88.8 / 97.2 with TF "SAME" padding; symmetric padding gives 82.4 / 95.2, and
     # ImageNet mean/std instead of the Lite [-1, 1] scaling 79.2 / 94.4: both fall below these.
     assert top1 >= 86.8, top1

@@ -9,6 +9,7 @@ from _bench_models import build
 
 from edgekit import bench, evaluate, report
 from edgekit.manifest import read_results
+from edgekit.report import plots
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,15 @@ def test_sections_and_notes(art):
     for r in stored:
         assert r["measured"] in text and "(real, " in r["measured"]
     assert "HARD_SWISH x3" in text  # the op evidence for the int8 slowdown
-    for png in (report.PLOT_LATENCY, report.PLOT_OPS):
+    for png in (plots.PLOT_LATENCY, plots.PLOT_OPS):
         assert f"]({png})" in text and (art / png).stat().st_size > 1000
     html = (art / "report.html").read_text()
-    assert "<table>" in html and f'src="{report.PLOT_LATENCY}"' in html
+    assert "<table>" in html and f'src="{plots.PLOT_LATENCY}"' in html
 
 
 def test_reads_a_real_eval_without_recomputing(art):
     """`edgekit eval` then `edgekit report`: the report's accuracy table is eval's own rows."""
-    result = evaluate.evaluate(art, limit=4)
+    result = evaluate.evaluate(art, limit=4).to_dict()
     text = report.write_report(art).path.read_text()
     for row in result["formats"]:
         assert f"| {row['format']} |" in text

@@ -122,7 +122,7 @@ def _ort_float_ops(path: Path, tmp: Path) -> int:
     import onnx
     import onnxruntime as ort
 
-    from edgekit.profiling import ort_slow_path
+    from runtimes.ort import slow_path_ops as ort_slow_path
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp / f"{path.stem}_opt.onnx")
@@ -256,22 +256,33 @@ def test_tflite_int8_converts_a_channel_gather(tmp_path: Path) -> None:
 
 def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> None:
     """bench.int8_vs_fp32 explains a slower int8 file with the ops LiteRT left outside XNNPACK."""
-    from edgekit.bench import Job, int8_vs_fp32
+    from edgekit import formats
+    from edgekit.bench import BenchRow, Job, int8_vs_fp32, latency_stats
 
-    def result(fmt: str, precision: str, p50: float) -> dict:
-        return {
-            "runtime": "litert",
-            "threads": 1,
-            "precision": precision,
-            "format": fmt,
-            "p50_ms": p50,
-            "target": "local",
-            "measured": "litert, 1 thread",
-            "cv": 0.01,
-            "unstable": False,
-        }
+    def result(fmt: str, precision: str, p50: float) -> BenchRow:
+        stats = latency_stats([p50] * 3)
+        return BenchRow(
+            fmt,
+            "litert",
+            "local",
+            1,
+            "m.tflite",
+            precision,
+            **stats,
+            warmup=0,
+            first_ms=p50,
+            throughput=None,
+            size_bytes=1,
+            macs=None,
+            runtime_version="2.3.0",
+            provider="XNNPACK",
+            input_dtype="int8",
+            emulated=False,
+            cpu="x86",
+            measured="litert, 1 thread",
+        )
 
-    jobs = [Job("tflite-int8", int8_files["tflite-before"], "litert", {"precision": "int8"})]
+    jobs = [Job(formats.get("tflite-int8"), int8_files["tflite-before"], "litert")]
     slower = int8_vs_fp32([result("tflite-fp32", "fp32", 1.0), result("tflite-int8", "int8", 2.0)], jobs)
     assert len(slower) == 1 and slower[0]["ratio"] == 2.0 and not slower[0]["int8_faster"]
     assert {"op": "HARD_SWISH", "count": 3} in slower[0]["off_fast_path"]

@@ -249,10 +249,9 @@ def test_local_target_agrees_with_torch(models, batch, x86):
         assert np.abs(x86[name] - ref).max() < 12 * _lsb(models, name)
 
 
-def test_bench_returns_latencies(models):
-    result = get_target("local").bench(
-        models / "m.onnx", "onnxruntime", threads=1, warmup=1, runs=5, layout="NCHW", input_quant=None
-    )
+def test_latency_only_run(models):
+    """Without inputs the runner times seeded random input and sends no outputs back."""
+    result = get_target("local").run(models / "m.onnx", "onnxruntime", threads=1, warmup=1, runs=5)
     assert len(result["latencies_ms"]) == 5 and result["first_ms"] > 0
     assert result["target"] == "local" and result["emulated"] is False and "outputs" not in result
 
@@ -392,12 +391,13 @@ def test_adb_device_errors(fake_adb, monkeypatch):
 
 @needs_rootfs
 def test_pibench_emulated_rows_and_readme(models):
-    from edgekit import pibench
-    from edgekit.manifest import file_entry, new_manifest, write_manifest
+    from edgekit import formats
+    from edgekit.manifest import FileEntry, Manifest, write_manifest
+    from edgekit.studies import pibench
 
-    manifest = new_manifest(preprocess={"resolution": RES})
+    manifest = Manifest(model={}, input={}, preprocess={"resolution": RES})
     for fmt, name in [("onnx-fp32", "m.onnx"), ("tflite-int8", "m_int8.tflite")]:
-        manifest["files"][fmt] = file_entry(models, name, layout=MODELS[name][1])
+        manifest.files[fmt] = FileEntry.of(models, formats.get(fmt), {}, {}, filename=name)
     write_manifest(models, manifest)
     plan = {**pibench.EMULATED, "resolution": RES, "runs": 1}
     rows = pibench.bench_folder("tiny", models, get_target("pi4-emu"), plan)

@@ -8,6 +8,7 @@ object it prints. Subclasses implement only the transport (``_execute``) and ``c
     target.check()
     result = target.run("model_int8.tflite", "litert", threads=1, warmup=1, runs=3, inputs=batch)
     result["outputs"], result["latencies_ms"], result["machine"], result["emulated"]
+    target.run("model.onnx", "onnxruntime", runs=30)     # latency only: seeded random input
 """
 
 from __future__ import annotations
@@ -102,29 +103,6 @@ class Target:
         result.update(target=self.name, emulated=self.emulated)
         if self.emulated:
             result["note"] = EMULATION_NOTE
-        return result
-
-    def bench(
-        self,
-        model_path: str | Path,
-        engine: str,
-        *,
-        threads: int = 1,
-        warmup: int = 3,
-        runs: int = 10,
-        layout: str | None = None,
-        input_quant: Any = None,
-        no_xnnpack: bool = False,
-    ) -> dict[str, Any]:
-        """Latency on the target with seeded random input (what ``edgekit bench --target`` calls).
-
-        ``layout`` and ``input_quant`` are accepted for symmetry with the local harness; the runner
-        reads both from the file itself, so they are only recorded.
-        """
-        result = self.run(
-            model_path, engine, threads=threads, warmup=warmup, runs=runs, no_xnnpack=no_xnnpack
-        )
-        result["layout"] = layout
         return result
 
     # --- for subclasses ------------------------------------------------------------------------

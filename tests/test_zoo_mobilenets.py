@@ -1,5 +1,5 @@
-"""Zoo part A: every published params/MACs row of SqueezeNet, Xception, MobileNetV1/V2/V3 and
-EfficientNet-Lite0, forward shapes at small inputs, and the unknown-name error.
+"""The MobileNet line and its ancestors: every published params/MACs row of SqueezeNet, Xception,
+MobileNetV1/V2/V3 and EfficientNet-Lite0, forward shapes at small inputs, and the unknown-name error.
 
 MACs are the multiply-accumulates of convolutions and linear layers (bias excluded), counted by
 torch's FlopCounterMode (FLOPs / 2) on one image.

@@ -10,7 +10,7 @@ BatchNorm and activations are fused into the preceding conv by every mobile runt
 TFLite/XNNPACK), so they cost nothing here; pooling and other layers are memory + overhead.
 
 The few free constants (efficiency of dense / depthwise / group convs, overhead cycles, p) are fitted
-by least squares on log-time to ncnn's published Raspberry Pi 4 table; ``python -m edgekit.estimate
+by least squares on log-time to ncnn's published Raspberry Pi 4 table; ``python -m edgekit.studies.estimate
 --fit`` re-runs the fit and prints the per-model error. See docs/estimate.md.
 """
 
@@ -20,8 +20,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgekit.devices import Device, get_device
 from edgekit.errors import UsageError
+from edgekit.studies.devices import Device, get_device
 
 BYTES = {"fp32": 4, "int8": 1}
 Sample = tuple[str, list[dict[str, Any]], int, float]  # zoo model, layer rows, threads, published ms
@@ -40,7 +40,7 @@ class Calibration:
         return {"depthwise": self.depthwise, "group conv": self.group}.get(kind, self.dense)
 
 
-# Fitted by `python -m edgekit.estimate --fit` (Nelder-Mead, least squares on log-time over the 14
+# Fitted by `python -m edgekit.studies.estimate --fit` (Nelder-Mead, least squares on log-time over the 14
 # ncnn Raspberry Pi 4 figures of PUBLISHED; median |error| 4.9%, worst 18.9%, table in
 # docs/estimate.md). Tying group to dense (4 constants) doubles the median error to 8.0%.
 FITTED = Calibration(dense=0.368, depthwise=0.0696, group=0.259, overhead_cycles=301_600.0, parallel=0.606)
@@ -287,7 +287,9 @@ def _main() -> None:
     import argparse
     import statistics
 
-    parser = argparse.ArgumentParser(prog="python -m edgekit.estimate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgekit.studies.estimate", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--fit", action="store_true", help="re-fit the constants to the published table")
     args = parser.parse_args()
     data = calibration_set()

@@ -1,5 +1,6 @@
-"""Zoo families part B: parameter and multiply-add counts against the papers and torchvision,
-forward shapes at small resolutions, and the channel permutations the families share.
+"""Grouped and shuffled networks (ShuffleNet V1/V2, MnasNet, IGCV3, CondenseNet, ResNeXt, DarkNet):
+parameter and multiply-add counts against the papers and torchvision, forward shapes at small
+resolutions, and the channel permutations the families share.
 
 MACs are multiply-accumulates of convolutions and linear layers (bias excluded), measured as
 FlopCounterMode's total / 2 on meta tensors, so no arithmetic is run for the 224 px counts.

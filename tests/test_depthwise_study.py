@@ -11,14 +11,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from edgekit.analysis import depthwise
 from edgekit.errors import WeightsError
+from edgekit.studies import depthwise
 
 SPREAD = 10**2.5  # the depthwise layer's max/min channel range, by construction
 
 
 def _constructed() -> nn.Module:
-    """standard 3x3 -> depthwise 3x3 with channel ranges spread 316x -> pointwise 1x1 -> linear."""
+    """conv 3x3 -> depthwise 3x3 with channel ranges spread 316x -> pointwise 1x1 -> linear."""
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
@@ -43,7 +43,7 @@ def test_constructed_case_depthwise_stands_out() -> None:
     model = _constructed()
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)).numpy()
     layers = depthwise.analyze_layers(model, x, bits=8)
-    assert [layer["kind"] for layer in layers] == ["standard", "depthwise", "pointwise", "linear"]
+    assert [layer["kind"] for layer in layers] == ["conv", "depthwise", "pointwise", "linear"]
     dw = layers[1]
     assert dw["range_spread"] == pytest.approx(SPREAD, rel=1e-3)
     assert dw["channels_below_1pct"] == 3  # 10^-2.17, 10^-2.33, 10^-2.5
@@ -134,12 +134,19 @@ def test_gptq_rows_beat_nearest_rounding_at_6_bits() -> None:
     except WeightsError as exc:
         pytest.skip(f"pretrained weights unavailable: {exc}")
     spec = depthwise.resize_spec(spec, 96)
-    calib, held_out = builtin_tensors(spec, 32, seed=0), torch.from_numpy(builtin_tensors(spec, 32, seed=1))
+    from calibration.sources import CalibrationSet
+
+    calib = CalibrationSet(builtin_tensors(spec, 32, seed=0), "builtin", {})
+    held_out = torch.from_numpy(builtin_tensors(spec, 32, seed=1))
+
+    def deployed(config: str) -> torch.nn.Module:
+        return depthwise.prepare_models(model, spec, config, calib, ["litert"])["tflite-int8"][0]
+
     with torch.no_grad():
         ref = model(held_out)
         sqnr = {
-            config: sqnr_db(ref, depthwise.prepare_model(model, config, calib)["litert"](held_out))
-            for config in ("w6a8-per-tensor-cle", "w6a8-per-tensor-cle-gptq")
+            c: sqnr_db(ref, deployed(c)(held_out))
+            for c in ("w6a8-per-tensor-cle", "w6a8-per-tensor-cle-gptq")
         }
     # Measured 12.4 -> 16.5 dB (MobileNetV2 at 96 px, 32 calibration crops, 32 held-out crops).
     assert sqnr["w6a8-per-tensor-cle-gptq"] > sqnr["w6a8-per-tensor-cle"] + 2.0, sqnr

@@ -6,7 +6,7 @@ a reduced resolution and run count: those times say nothing about a Pi, so the R
 ``edgekit estimate``'s *estimates* and uses the emulator for what it can show, namely whether the
 ARM kernels give the same outputs as x86. Both modes check ARM outputs against this machine's.
 
-    python -m edgekit.pibench --out bench/pi [--models mobilenet_v2,shufflenet_v2] [--runs 2]
+    python -m edgekit.studies.pibench --out bench/pi [--models mobilenet_v2,shufflenet_v2] [--runs 2]
 """
 
 from __future__ import annotations
@@ -22,12 +22,7 @@ import click
 
 from edgekit.errors import EdgekitError
 
-FORMATS = {
-    "onnx-fp32": "onnxruntime",
-    "onnx-int8": "onnxruntime",
-    "tflite-fp32": "litert",
-    "tflite-int8": "litert",
-}
+FAMILIES = ("onnx", "tflite")  # float32 and int8 of each, run by the format's engine on the Pi
 EMULATED = {"target": "pi4-emu", "resolution": 64, "runs": 2, "warmup": 0, "threads": [1]}
 DEVICE = {"resolution": None, "runs": 30, "warmup": 5, "threads": [1, 4]}
 CHECK_BATCH = 2  # samples compared ARM vs x86
@@ -74,32 +69,33 @@ def _export(name: str, folder: Path, resolution: int | None) -> Path:
 
     click.echo(f"pi-bench: export {name}", err=True)
     pipeline.export(
-        name, out_dir=folder, formats=["onnx", "tflite"], resolution=resolution, int8=True, calib_samples=16
+        name, out_dir=folder, formats=list(FAMILIES), resolution=resolution, int8=True, calib_samples=16
     )
     return folder
 
 
 def bench_folder(name: str, folder: Path, target: Any, plan: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows for every float32/int8 ONNX and TFLite file of an artifact folder, checked against x86."""
-    from edgekit.manifest import model_path, read_manifest
+    from edgekit import formats
+    from edgekit.manifest import read_manifest
     from runtimes.targets.local import LocalTarget
 
     manifest = read_manifest(folder)
-    resolution = int(manifest["preprocess"]["resolution"])
+    resolution = int(manifest.preprocess["resolution"])
     local = LocalTarget()
     rows = []
-    for fmt, engine in FORMATS.items():
-        if fmt not in manifest["files"]:
+    for fmt in formats.registry().values():
+        if fmt.name not in manifest.files or fmt.family not in FAMILIES or fmt.precision == "fp16":
             continue
-        path = model_path(folder, manifest, fmt)
-        batch = check_batch(manifest["files"][fmt].get("layout", "NCHW"), resolution)
-        reference = local.run(path, engine, warmup=0, runs=1, inputs=batch)["outputs"]
+        path = manifest.file(fmt.name)
+        batch = check_batch(str(fmt.layout), resolution)
+        reference = local.run(path, fmt.engine, warmup=0, runs=1, inputs=batch)["outputs"]
         for n in plan["threads"]:
-            click.echo(f"pi-bench: {name} {fmt} on {target.name}, {n} thread(s)", err=True)
+            click.echo(f"pi-bench: {name} {fmt.name} on {target.name}, {n} thread(s)", err=True)
             result = target.run(
-                path, engine, threads=n, warmup=plan["warmup"], runs=plan["runs"], inputs=batch
+                path, fmt.engine, threads=n, warmup=plan["warmup"], runs=plan["runs"], inputs=batch
             )
-            rows.append(_row(name, fmt, engine, n, result, reference, plan))
+            rows.append(_row(name, fmt.name, fmt.engine, n, result, reference, plan))
     return rows
 
 
@@ -149,10 +145,8 @@ def _row(
 
 def _estimate(name: str, threads: int, int8: bool) -> float | None:
     """``edgekit estimate`` for a Pi 4 at the model's own resolution (None if it cannot say)."""
-    try:
-        from edgekit import estimate
-    except ImportError:
-        return None
+    from edgekit.studies import estimate
+
     try:
         return estimate.estimate(name, device="rpi4", threads=threads, int8=int8)["total_ms"]
     except EdgekitError:

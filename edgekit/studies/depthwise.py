@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from calibration.sources import DEFAULT_SAMPLES
-from edgekit.errors import DataError, UsageError
+from edgekit.counting import layer_kind
+from edgekit.errors import UsageError
 
-KINDS = ("standard", "depthwise", "pointwise", "group", "linear")
+KINDS = ("conv", "depthwise", "pointwise", "group conv", "linear")  # edgekit.counting's names
 SENSITIVITY_IMAGES = 8  # images for the per-layer sensitivity (2 x layers forward passes)
 WEIGHT_MARGIN_DB = 6.0  # flag: per-tensor weight SQNR this far below the network's median (4x the noise)
 OUTPUT_MARGIN_DB = 10.0  # flag: logits SQNR with this layer alone quantised, this far below the median
@@ -58,41 +59,15 @@ def resize_spec(spec: Any, resolution: int | None) -> Any:
 
 
 def load_images(data: str | None, spec: Any, limit: int | None) -> tuple[np.ndarray, list[int] | None, str]:
-    """NCHW batch, labels (None without an ImageNet ImageFolder) and a description of the source."""
-    from calibration import sources
+    """NCHW batch, labels (None without an ImageNet ImageFolder) and a description of the source:
+    the images `edgekit eval` takes for the same arguments."""
+    from edgekit.evaluate import load_eval_images
 
-    if data is None:
-        photos = len(sources.builtin_photos())
-        if photos == 0:
-            raise DataError("no built-in photographs found", "pass --data with an image folder")
-        x = sources.builtin_tensors(spec, limit or 64, seed=0)
-        return x, None, f"built-in photographs ({photos} scikit-image photos, {len(x)} crops)"
-    pairs = sources.labelled_images(data)
-    if limit:
-        pairs = pairs[:limit] if limit >= len(pairs) else [pairs[i] for i in _spread_index(len(pairs), limit)]
-    x, kept = sources.load_images([p for p, _ in pairs], spec)
-    table = dict(pairs)
-    labels = [table[p] for p in kept]
-    return x, (labels if all(lab is not None for lab in labels) else None), f"{data} ({len(x)} images)"
-
-
-def _spread_index(n: int, k: int) -> list[int]:
-    # Evenly spaced picks over the sorted folder, so a small --limit still covers many classes.
-    return sorted({int(i) for i in np.linspace(0, n - 1, k)})
+    x, labels, _, source = load_eval_images(spec, data, limit)
+    return x, None if labels is None else [int(v) for v in labels], f"{source} ({len(x)} images)"
 
 
 # --- per-layer statistics -----------------------------------------------------------------------
-
-
-def layer_kind(module: Any) -> str:
-    """standard / depthwise / pointwise / group / linear."""
-    from torch import nn
-
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if module.groups == 1:
-        return "pointwise" if math.prod(module.kernel_size) == 1 else "standard"
-    return "depthwise" if module.groups == module.in_channels else "group"
 
 
 def weight_stats(name: str, module: Any, bits: int) -> dict[str, Any]:
@@ -108,7 +83,7 @@ def weight_stats(name: str, module: Any, bits: int) -> dict[str, Any]:
     per_channel = sqnr_db(w, quantize_weight(w, bits, per_channel=True))
     return {
         "name": name,
-        "kind": layer_kind(module),
+        "kind": layer_kind(module),  # edgekit.counting's
         "shape": list(w.shape),
         "channels": int(w.shape[0]),
         "range_max": top,
@@ -262,7 +237,7 @@ def analyze(
         calib_set = calibration_tensors(calib, spec)
         result["calibration"] = calib_set.source
         result["end_to_end"] = run_configs(
-            model, x, labels, calib_set.tensors, configs=configs, runtimes=runtimes, work_dir=work_dir
+            model, spec, x, labels, calib_set, configs=configs, runtimes=runtimes, work_dir=work_dir
         )
         result["end_to_end_method"] = (
             f"real files: ONNX Runtime QDQ and LiteRT (litert-torch PT2E) int8, 1 thread; top-1/5 on "
@@ -320,7 +295,7 @@ def calibration_tensors(calib: str | None, spec: Any) -> Any:
     return calibration_set(calib, spec, CALIB_SAMPLES, seed=0)
 
 
-# The export options each remedy label stands for (calibration.int8.apply_remedies runs them).
+# The export options each remedy label stands for.
 REMEDY_OPTIONS = {
     "": {"equalize": False, "equalize_streams": False, "bias_correct": False},
     "default": {},
@@ -329,77 +304,57 @@ REMEDY_OPTIONS = {
 }
 
 
-def config_grids(config: str) -> dict[str, Any]:
-    """The weight grid of each runtime's file for ``config`` (the export's, at the row's bits)."""
-    import dataclasses
+def quant_config(config: str) -> Any:
+    """The export's QuantConfig a row stands for (what `edgekit export --int8 ...` would use)."""
+    from calibration.config import QuantConfig
 
-    from calibration.grid import WeightGrid
-    from calibration.onnx_int8 import ONNX_GRID
-
-    bits, per_channel, _ = CONFIGS[config]
-    return {
-        "onnxruntime": dataclasses.replace(ONNX_GRID, bits=bits or 8, per_channel=per_channel),
-        "litert": WeightGrid(bits=bits or 8, per_channel=per_channel),
-    }
+    bits, per_channel, remedies = CONFIGS[config]
+    return QuantConfig(per_tensor=not per_channel, weight_bits=bits or 8, **REMEDY_OPTIONS[remedies])
 
 
-def prepare_model(model: Any, config: str, calib: np.ndarray) -> dict[str, Any]:
-    """BN-folded copies of ``model`` as ``config`` deploys it, one per runtime: the export's
-    remedies for the row's flags (bias correction for each runtime's weight grid), then the
-    weights on an N-bit grid below 8 bits."""
-    from calibration.equalize import fold_batchnorm
-    from calibration.fakequant import fake_quantize_weights_
-    from calibration.int8 import apply_remedies
+def row_formats(config: str, runtimes: list[str]) -> list[Any]:
+    """The registry's formats a row writes: float32 or int8, one per engine asked for."""
+    from edgekit import formats
 
-    bits, _, remedies = CONFIGS[config]
-    grids = config_grids(config)
-    prepared = fold_batchnorm(copy.deepcopy(model).eval())
-    models, _ = apply_remedies(prepared, calib, REMEDY_OPTIONS[remedies], grids)
-    if bits is not None and bits < 8:
-        for runtime in {id(m): rt for rt, m in models.items()}.values():  # shared models once
-            fake_quantize_weights_(models[runtime], grids[runtime])
-    return models
+    precision = "fp32" if CONFIGS[config][0] is None else "int8"
+    return [
+        f
+        for f in formats.registry().values()
+        if f.engine in runtimes and f.precision == precision and f.name != formats.REFERENCE
+    ]
+
+
+def prepare_models(model: Any, spec: Any, config: str, calib: Any, runtimes: list[str]) -> dict[str, Any]:
+    """{format: (network as the row deploys it, int8 request)}: the export's int8 step
+    (calibration.int8.prepare) with the row's options; the float row writes ``model`` itself."""
+    from calibration import int8
+
+    chosen = row_formats(config, runtimes)
+    if CONFIGS[config][0] is None:
+        return {f.name: (model, None) for f in chosen}
+    return int8.prepare(model, spec, quant_config(config), chosen, calib=calib).requests
 
 
 def write_artifacts(
-    models: dict[str, Any], config: str, calib: np.ndarray, folder: Path, runtimes: list[str]
-) -> dict[str, Path]:
-    """The files of one configuration: {runtime: path}; int8 through the project's quantisers."""
+    model: Any, spec: Any, config: str, calib: Any, folder: Path, runtimes: list[str]
+) -> dict[str, tuple[Path, Any]]:
+    """The files of one row, {engine: (path, format)}, written by the formats' own writers."""
     import torch
 
-    from exporters import export
+    from edgekit import formats
+    from edgekit.formats import WriteRequest
 
-    bits, per_channel, _ = CONFIGS[config]
     folder.mkdir(parents=True, exist_ok=True)
-    example = torch.from_numpy(calib[:1])
+    example = torch.from_numpy(calib.tensors[:1])
     files = {}
-    for runtime in runtimes:
-        model = models[runtime]
-        if bits is not None:  # as the int8 export does: hard-swish/hard-sigmoid on the int8 fast path
-            from exporters.rewrites import int8_friendly_copy
-
-            model, _ = int8_friendly_copy(model)
-        if runtime == "onnxruntime":
-            files[runtime] = folder / ("model.onnx" if bits is None else "model_int8.onnx")
-            if bits is None:
-                export("onnx-fp32", model, example, files[runtime])
-                continue
-            from calibration.fakequant import levels_by_weight
-            from calibration.onnx_int8 import quantize_onnx
-
-            grid = config_grids(config)[runtime]
-            export("onnx-fp32", model, example, folder / "model.onnx")
-            quantize_onnx(
-                folder / "model.onnx", files[runtime], calib, grid=grid, levels=levels_by_weight(model, grid)
-            )
-        elif runtime == "litert":
-            files[runtime] = folder / ("model_fp32.tflite" if bits is None else "model_int8.tflite")
-            if bits is None:
-                export("tflite-fp32", model, example, files[runtime])
-                continue
-            from calibration.tflite_int8 import quantize_tflite
-
-            quantize_tflite(model, files[runtime], calib, per_channel=per_channel)
+    for name, (net, request) in prepare_models(model, spec, config, calib, runtimes).items():
+        fmt = formats.get(name)
+        source = None
+        if fmt.source:  # a quantiser that reads its float file when the graph did not change
+            source = folder / formats.get(fmt.source).filename
+            formats.get(fmt.source).load_writer()(WriteRequest(model, example, source))
+        fmt.load_writer()(WriteRequest(net, example, folder / fmt.filename, source, int8=request))
+        files[fmt.engine] = (folder / fmt.filename, fmt)
     return files
 
 
@@ -417,31 +372,25 @@ def accuracy(logits: np.ndarray, labels: list[int] | None, reference: np.ndarray
     }
 
 
-def run_file(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:
-    """Logits of ``x`` (NCHW) from one file on one engine, 1 thread."""
-    from calibration.preprocess import to_layout
-    from runtimes import get_runtime
-
-    session = get_runtime(runtime).load(path, threads=1)
-    return session.run(to_layout(x, "NHWC" if runtime == "litert" else "NCHW"))
-
-
 def run_configs(
     model: Any,
+    spec: Any,
     x: np.ndarray,
     labels: list[int] | None,
-    calib: np.ndarray,
+    calib: Any,
     *,
     configs: list[str] | None = None,
     runtimes: list[str] | None = None,
     work_dir: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (configuration, runtime): real files, real engines; errors become a row note."""
+    """One row per (configuration, runtime): real files, real engines; errors become a row note.
+    ``calib``: the calibration set (calibration.sources.CalibrationSet) every row shares."""
     import tempfile
 
     import torch
 
     from edgekit.errors import EdgekitError
+    from runtimes import run_file
 
     configs = check_configs(configs)
     runtimes = list(runtimes or DEFAULT_RUNTIMES)
@@ -454,8 +403,7 @@ def run_configs(
         root = Path(work_dir) if work_dir else Path(tmp)
         for config in configs:
             try:
-                prepared = prepare_model(model, config, calib)
-                files = write_artifacts(prepared, config, calib, root / config, runtimes)
+                files = write_artifacts(model, spec, config, calib, root / config, runtimes)
             except EdgekitError as exc:
                 rows += [
                     {
@@ -469,9 +417,9 @@ def run_configs(
                     for rt in runtimes
                 ]
                 continue
-            for runtime, path in files.items():
+            for runtime, (path, fmt) in files.items():
                 try:
-                    scores = accuracy(run_file(runtime, path, x), labels, reference)
+                    scores = accuracy(run_file(path, x, fmt.layout, runtime), labels, reference)
                 except EdgekitError as exc:
                     scores = {"top1": None, "top5": None, "agreement_top1": None, "error": exc.message}
                 rows.append({"config": config, "runtime": runtime, **scores})
@@ -481,10 +429,10 @@ def run_configs(
 # --- plots --------------------------------------------------------------------------------------
 
 KIND_COLORS = {
-    "standard": "tab:gray",
+    "conv": "tab:gray",
     "depthwise": "tab:red",
     "pointwise": "tab:blue",
-    "group": "tab:purple",
+    "group conv": "tab:purple",
     "linear": "tab:green",
 }
 

@@ -1,96 +1,113 @@
-"""report.md (+ report.html) for an artifact folder: reads the manifest and results, computes nothing.
+"""report.md: one renderer for every report of a folder (the export's and `edgekit report`'s).
 
-Every figure carries how it was measured (runtime, threads, runs, emulated or real), copied from
-the result that produced it. Plots are PNGs made with matplotlib's Agg backend beside the report.
+It reads the manifest and the stored results and computes nothing: every figure carries how it
+was measured (engine, threads, runs, emulated or real, CPU), copied from the result that made it.
 """
 
 from __future__ import annotations
 
-import html as html_lib
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ArtifactError
-from edgekit.manifest import check_path, read_manifest, read_results, stale_files, write_text
-
-PLOT_LATENCY = "report_latency.png"
-PLOT_ACCURACY = "report_latency_accuracy.png"
-PLOT_OPS = "report_op_share.png"
+from edgekit.manifest import Manifest
+from edgekit.report.plots import PLOT_ACCURACY, PLOT_LATENCY, PLOT_OPS
 
 
-@dataclass
-class Written:
-    """What ``write_report`` wrote, and the files of the folder found stale (edited since export)."""
-
-    path: Path
-    stale: list[str] = field(default_factory=list)
-
-
-def write_report(
-    artifact_dir: str | os.PathLike[str], html: bool = False, out_dir: str | os.PathLike[str] | None = None
-) -> Written:
-    """Write ``report.md`` (and ``report.html``) into ``out_dir`` (default: the folder itself)."""
-    folder = Path(artifact_dir)
-    manifest = read_manifest(folder, check_hashes=False)
-    out = check_path(out_dir, "--out") if out_dir else folder
-    if not os.access(out if out.exists() else out.parent, os.W_OK):
-        raise ArtifactError(f"{out} is read-only: the report cannot be written there", "pass --out DIR")
-    out.mkdir(parents=True, exist_ok=True)
-    stale = stale_files(folder, manifest)
-    results = {**manifest.get("results", {}), **read_results(folder)}
-    bench = results.get("bench") or {}
-    plots = _plots(out, bench, results.get("eval"))
-    text = "\n".join(_sections(manifest, bench, results.get("eval"), plots, stale)) + "\n"
-    path = write_text(out / "report.md", text)
-    if html:
-        write_text(out / "report.html", to_html(text, manifest.get("model", {}).get("name", folder.name)))
-    return Written(path, [f"{fmt} ({manifest['files'][fmt]['path']})" for fmt in stale])
-
-
-def _sections(
-    manifest: dict, bench: dict, evaluation: Any, plots: dict[str, str], stale: list[str]
-) -> list[str]:
-    model = manifest.get("model", {})
-    lines = [f"# {model.get('name', 'model')}", ""]
-    if stale:
-        names = ", ".join(f"{fmt} ({manifest['files'][fmt]['path']})" for fmt in stale)
-        lines += [
-            f"**Stale: {names} no longer match the sha256 recorded at export; the figures below "
-            "describe the exported files, not these. Re-run `edgekit export`.**",
-            "",
-        ]
-    lines += [f"- {k}: {v}" for k, v in model.items() if not isinstance(v, dict | list)]
-    lines += [
-        "",
-        "## Files",
-        "",
-        "| format | file | size (bytes) | precision | layout | sha256 |",
-        "|---|---|---:|---|---|---|",
-    ]
-    for fmt, e in manifest.get("files", {}).items():
-        lines.append(
-            f"| {fmt} | {e['path']} | {e['size']:,} | {e.get('precision', '')} | {e.get('layout', '')} "
-            f"| `{e['sha256'][:12]}` |"
-        )
-    lines += [
-        "",
+def render(manifest: Manifest, evaluation: Any, bench: dict, plots: dict[str, str], stale: list[str]) -> str:
+    """The whole report.md text."""
+    lines = [
+        *_header(manifest, stale),
+        *_files(manifest),
         *int8_section(manifest),
         *_verification(manifest),
         *_accuracy(evaluation, plots),
         *_latency(bench, plots),
         *_int8_vs_fp32(bench),
         *_profile(bench, plots),
+        *_ops(manifest),
         *_machine(bench),
     ]
-    return lines
+    return "\n".join(lines) + "\n"
 
 
-def random_weights_note(manifest: dict) -> str:
+def _header(manifest: Manifest, stale: list[str]) -> list[str]:
+    model, pre = manifest.model, manifest.preprocess
+    lines = [f"# {model.get('name', 'model')}", ""]
+    if stale:
+        names = ", ".join(f"{fmt} ({manifest.files[fmt].path})" for fmt in stale)
+        lines += [
+            f"**Stale: {names} no longer match the sha256 recorded at export; the figures below "
+            "describe the exported files, not these. Re-run `edgekit export`.**",
+            "",
+        ]
+    args = ", ".join(f"{k}={v}" for k, v in (model.get("args") or {}).items() if v is not None)
+    lines += [f"- source: {model.get('source', '')}; args: {args}"]
+    if "params" in model:
+        lines.append(
+            f"- params: {model['params']:,}; MACs: {model['macs']:,} at {manifest.input.get('shape')}"
+        )
+    if pre:
+        lines.append(
+            f"- preprocess: resize {pre.get('resize')}, centre crop {pre.get('resolution')}, "
+            f"mean {pre.get('mean')}, std {pre.get('std')}"
+        )
+    if model.get("weights"):
+        lines.append("- weights: " + ", ".join(f"{v}" for v in model["weights"].values()))
+    note = random_weights_note(manifest)
+    return [*lines, *([f"- **{note.strip()}**"] if note else []), ""]
+
+
+def _files(manifest: Manifest) -> list[str]:
+    lines = [
+        "## Files",
+        "",
+        "| format | file | size | sha256 | precision | layout | max rel err (random / photos) | cosine min "
+        "| top-1 agree |",
+        "|---|---|---:|---|---|---|---|---:|---:|",
+    ]
+    for fmt, e in manifest.files.items():
+        rnd, img = e.verification.get("random", {}), e.verification.get("images", {})
+        cos = min(rnd.get("cosine_min", 1.0), img.get("cosine_min", 1.0)) if e.verification else None
+        agree = img.get("top1_agreement")
+        lines.append(
+            f"| {fmt} | {e.path} | {e.size / 1e6:.2f} MB | `{e.sha256[:12]}` | {e.precision} | {e.layout} | "
+            f"{_sci(rnd.get('max_rel_err'))} / {_sci(img.get('max_rel_err'))} | "
+            f"{'—' if cos is None else f'{cos:.6f}'} | {'—' if agree is None else f'{agree:.0%}'} |"
+        )
+    return [*lines, ""]
+
+
+def _ops(manifest: Manifest) -> list[str]:
+    lines = ["## Ops", ""]
+    for fmt, entry in manifest.files.items():
+        ops = entry.info.get("ops")
+        if not ops:
+            continue
+        lines.append(
+            f"- **{fmt}** ({sum(ops.values())} ops): " + ", ".join(f"{op} x{n}" for op, n in ops.items())
+        )
+        xnn = entry.info.get("xnnpack")
+        if xnn and xnn["fully_delegated"]:
+            lines.append(
+                f"  - XNNPACK takes every op ({xnn['delegated_ops']}/{xnn['ops']}, "
+                f"{xnn['partitions']} partition)"
+            )
+        elif xnn:
+            left = ", ".join(f"{op} x{n}" for op, n in xnn["not_delegated"].items())
+            lines.append(
+                f"  - XNNPACK takes {xnn['delegated_ops']}/{xnn['ops']} ops in {xnn['partitions']} "
+                f"partitions; off the fast path: {left}"
+            )
+    return [*lines, ""] if len(lines) > 2 else []
+
+
+def _sci(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
+def random_weights_note(manifest: Manifest) -> str:
     """Said wherever int8 figures of a randomly initialised network are shown."""
-    weights = manifest.get("model", {}).get("weights") or {}
-    if not str(weights.get("init", "")).startswith("random") or "calibration" not in manifest:
+    weights = manifest.model.get("weights") or {}
+    if not str(weights.get("init", "")).startswith("random") or manifest.calibration is None:
         return ""
     return (
         " RANDOM WEIGHTS: the int8 rows describe the quantiser on an untrained network, not a model's "
@@ -98,10 +115,10 @@ def random_weights_note(manifest: dict) -> str:
     )
 
 
-def int8_section(manifest: dict) -> list[str]:
+def int8_section(manifest: Manifest) -> list[str]:
     """How the int8 files were made: calibration data, range method, and each remedy with what it
-    changed (from ``manifest["calibration"]``); nothing when the folder has no int8 files."""
-    calib = manifest.get("calibration")
+    changed (from ``manifest.calibration``); nothing when the folder has no int8 files."""
+    calib = manifest.calibration
     if not calib:
         return []
     weights = "per-channel" if calib.get("per_channel") else "per-tensor"
@@ -173,39 +190,51 @@ def _remedy_change(remedy: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in remedy.items() if k != "name")
 
 
-def _verification(manifest: dict) -> list[str]:
-    rows = [(fmt, e["verification"]) for fmt, e in manifest.get("files", {}).items() if "verification" in e]
-    rows += [
-        (fmt, v)
-        for fmt, v in (manifest.get("results", {}).get("verification") or {}).items()
-        if isinstance(v, dict)
+def _verification(manifest: Manifest) -> list[str]:
+    """How every file was checked against PyTorch, and where an int8 file computes its definition."""
+    from edgekit.verify import GATES, METHOD
+
+    used = {e.precision for e in manifest.files.values()}
+    gates = "; ".join(
+        f"{p}: " + ", ".join(f"{k} {v}" for k, v in g.items()) for p, g in GATES.items() if p in used
+    )
+    lines = [
+        "## Verification against PyTorch",
+        "",
+        f"Method: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {gates or 'none'} "
+        "(int8 files are recorded, not gated: `edgekit eval` judges their accuracy).",
+        *fp16_cost(manifest),
     ]
-    if not rows:
-        return ["## Verification", "", "No verification recorded.", ""]
-    lines = ["## Verification against PyTorch", ""]
-    for fmt, v in rows:
-        shown = ", ".join(f"{k}={v[k]}" for k in v if k != "measured" and not isinstance(v[k], dict | list))
-        figures = "; ".join(
-            _figures(kind, v[kind]) for kind in ("random", "images") if isinstance(v.get(kind), dict)
-        )
-        lines.append(
-            f"- **{fmt}**: {shown}"
-            + (f"; {figures}" if figures else "")
-            + (f" — measured: {v['measured']}" if v.get("measured") else "")
-        )
-    return [*lines, *fp16_cost(manifest), ""]
+    for fmt, entry in manifest.files.items():
+        exact = entry.info.get("exactness")
+        if exact:
+            paths = exact.get("paths", {})
+            exact_on = [p for p, verdict in paths.items() if verdict == "exact"]
+            host = exact.get("host") or {}
+            lines.append(
+                f"- **{fmt}** exact on {len(exact_on)} of {len(paths)} CPU int8 paths "
+                f"({', '.join(exact_on)}): same-sign weight pairs up to {exact.get('max_pair_sum')} "
+                f"(limit {exact.get('pair_limit')}) in {exact.get('layers_reading_pairs')} layers"
+                + (
+                    f"; node by node on {host.get('cpu')} ({host.get('int8_path')}): {host.get('nodes')} "
+                    f"nodes within {host.get('max_lsb')} LSB of the QDQ definition"
+                    if host
+                    else ""
+                )
+            )
+    return [*lines, ""]
 
 
 def _figures(kind: str, fig: dict) -> str:
     return f"{kind}: max rel err {fig['max_rel_err']:.2e}, cosine min {fig['cosine_min']:.6f}"
 
 
-def fp16_cost(manifest: dict) -> list[str]:
+def fp16_cost(manifest: Manifest) -> list[str]:
     """What fp16 weights cost against float32: recorded, not gated (it depends on the network;
     the gate compares fp16 files with PyTorch running the same fp16 weights)."""
     lines = []
-    for fmt, entry in manifest.get("files", {}).items():
-        cost = entry.get("verification", {}).get("vs_float32")
+    for fmt, entry in manifest.files.items():
+        cost = entry.verification.get("vs_float32")
         if cost:
             shown = "; ".join(_figures(kind, cost[kind]) for kind in ("random", "images") if kind in cost)
             lines.append(f"- {fmt} against PyTorch float32 (the fp16 cost, not gated): {shown}")
@@ -226,7 +255,7 @@ def _accuracy(evaluation: Any, plots: dict[str, str]) -> list[str]:
         keys = [k for k in rows[0] if not isinstance(rows[0][k], dict | list)]
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    if PLOT_ACCURACY in plots.values():
+    if plots.get("accuracy"):
         lines += [
             "",
             f"![latency vs accuracy drop]({PLOT_ACCURACY})",
@@ -259,7 +288,7 @@ def _latency(bench: dict, plots: dict[str, str]) -> list[str]:
     lines += ["", "How measured: " + "; ".join(f"{k}: {v}" for k, v in method.items()) + "."]
     for s in bench.get("skipped", []):
         lines.append(f"- skipped {s['runtime']} ({s['format'] or 'any format'}): {s['reason']}")
-    if PLOT_LATENCY in plots.values():
+    if plots.get("latency"):
         lines += [
             "",
             f"![latency per format and runtime]({PLOT_LATENCY})",
@@ -309,7 +338,7 @@ def _profile(bench: dict, plots: dict[str, str]) -> list[str]:
             ms = "" if s.get("ms") is None else f", {s['ms']} ms per run"
             lines.append(f"  - off the fast path: {s['op']} x{s['count']}{ms} — {s['why']}")
         lines.append("")
-    if PLOT_OPS in plots.values():
+    if plots.get("ops"):
         lines += [
             "",
             f"![op-type time share]({PLOT_OPS})",
@@ -342,131 +371,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-# --- plots -------------------------------------------------------------------------------------
-
-
-def _plots(folder: Path, bench: dict, evaluation: Any) -> dict[str, str]:
-    results = bench.get("results") or []
-    if not results:
-        return {}
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = {"latency": _plot_latency(plt, folder, results)}
-    if any((r.get("profile") or {}).get("share") for r in results):
-        made["ops"] = _plot_ops(plt, folder, results)
-    drops = _accuracy_drops(evaluation)
-    if drops:
-        made["accuracy"] = _plot_accuracy(plt, folder, results, drops)
-    return made
-
-
-def _label(r: dict) -> str:
-    return f"{r['format']}\n{r['runtime']} x{r['threads']}"
-
-
-def _plot_latency(plt: Any, folder: Path, results: list[dict]) -> str:
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results)), 3.5))
-    p50 = [r["p50_ms"] for r in results]
-    ax.bar(
-        range(len(results)),
-        p50,
-        yerr=[[0] * len(results), [r["p99_ms"] - r["p50_ms"] for r in results]],
-        capsize=4,
-        color="#4c72b0",
-    )
-    ax.set_xticks(range(len(results)), [_label(r) for r in results], fontsize=7)
-    ax.set_ylabel("latency ms (p50, whisker to p99)")
-    ax.set_title(
-        f"batch 1, {results[0]['target']} ({'emulated' if results[0]['emulated'] else 'real'})", fontsize=9
-    )
-    return _save(plt, fig, folder / PLOT_LATENCY)
-
-
-def _plot_ops(plt: Any, folder: Path, results: list[dict]) -> str:
-    from edgekit.profiling import CATEGORIES
-
-    rows = [r for r in results if (r.get("profile") or {}).get("share")]
-    fig, ax = plt.subplots(figsize=(6, 0.6 * len(rows) + 1.5))
-    left = [0.0] * len(rows)
-    for cat in CATEGORIES:
-        share = [r["profile"]["share"].get(cat, 0.0) for r in rows]
-        ax.barh(range(len(rows)), share, left=left, label=cat)
-        left = [a + b for a, b in zip(left, share, strict=True)]
-    ax.set_yticks(range(len(rows)), [_label(r).replace("\n", " ") for r in rows], fontsize=7)
-    ax.set_xlabel("share of profiled op time (ONNX Runtime profiler)")
-    ax.legend(fontsize=6, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
-    return _save(plt, fig, folder / PLOT_OPS)
-
-
-def _accuracy_drops(evaluation: Any) -> dict[str, float]:
-    """format -> top-1 drop, when the eval result states one (eval's own numbers, not recomputed)."""
-    rows = evaluation.get("formats", []) if isinstance(evaluation, dict) else evaluation or []
-    return {
-        r["format"]: r["drop_top1"]
-        for r in rows
-        if isinstance(r, dict) and r.get("drop_top1") is not None and "format" in r
-    }
-
-
-def _plot_accuracy(plt: Any, folder: Path, results: list[dict], drops: dict[str, float]) -> str:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for r in results:
-        if r["format"] in drops:
-            ax.scatter(r["p50_ms"], drops[r["format"]])
-            ax.annotate(_label(r).replace("\n", " "), (r["p50_ms"], drops[r["format"]]), fontsize=6)
-    ax.set_xlabel("p50 latency ms")
-    ax.set_ylabel("top-1 drop vs PyTorch float")
-    return _save(plt, fig, folder / PLOT_ACCURACY)
-
-
-def _save(plt: Any, fig: Any, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
-
-
-# --- html --------------------------------------------------------------------------------------
-
-
-def to_html(markdown: str, title: str) -> str:
-    """A plain, dependency-free rendering: headings, tables, images; the rest as paragraphs."""
-    out, table = [], False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= set("-:") for c in cells):
-                continue
-            tag = "th" if not table else "td"
-            out.append(
-                ("<table>" if not table else "")
-                + "<tr>"
-                + "".join(f"<{tag}>{html_lib.escape(c)}</{tag}>" for c in cells)
-                + "</tr>"
-            )
-            table = True
-            continue
-        if table:
-            out.append("</table>")
-            table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html_lib.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            out.append(f'<img alt="{html_lib.escape(alt)}" src="{html_lib.escape(src.rstrip(")"))}">')
-        elif line.strip():
-            out.append(f"<p>{html_lib.escape(line)}</p>")
-    if table:
-        out.append("</table>")
-    body = "\n".join(out)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html_lib.escape(title)}</title>"
-        "<style>table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
-        f"</head><body>\n{body}\n</body></html>\n"
-    )

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgekit.manifest import Manifest
+
 # A log file or a pipe is not an 80-column terminal: lay tables out at their natural width.
 console = Console(width=None if sys.stdout.isatty() else 200)
 KEY_COLUMNS = 2  # the first columns name what a row is (model, format, runtime): never cut
@@ -87,18 +89,18 @@ def print_info(result: dict[str, Any]) -> None:
     )
 
 
-def print_export(manifest: dict[str, Any]) -> None:
+def print_export(manifest: Manifest) -> None:
     """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
     from edgekit.report import random_weights_note
     from edgekit.verify import METHOD
 
     rows = []
-    for fmt, entry in manifest["files"].items():
-        ver = entry.get("verification", {})
+    for fmt, entry in manifest.files.items():
+        ver = entry.verification
         worst = max((ver[k]["max_rel_err"] for k in ("random", "images") if k in ver), default=None)
         cosine = min((ver[k]["cosine_min"] for k in ("random", "images") if k in ver), default=None)
         agree = ver.get("images", {}).get("top1_agreement")
-        xnn = entry.get("xnnpack")
+        xnn = entry.info.get("xnnpack")
         xnn_text = (
             None
             if not xnn
@@ -109,20 +111,20 @@ def print_export(manifest: dict[str, Any]) -> None:
         rows.append(
             [
                 fmt,
-                f"{entry['size'] / 1e6:.2f} MB",
-                entry.get("layout"),
+                f"{entry.size / 1e6:.2f} MB",
+                entry.layout,
                 None if worst is None else f"{worst:.1e}",
                 None if cosine is None else f"{cosine:.6f}",
                 None if agree is None else f"{agree:.0%}",
                 xnn_text,
             ]
         )
-    model = manifest["model"]
+    model = manifest.model
     render(
-        f"{model['name']} -> {manifest.get('folder', '')}",
+        f"{model['name']} -> {manifest.folder or ''}",
         ["format", "size", "layout", "max rel err", "cosine min", "top-1 agree", "XNNPACK"],
         rows,
-        caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest['input']['shape']}. "
+        caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest.input['shape']}. "
         f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|." + random_weights_note(manifest),
     )
 

@@ -1,4 +1,4 @@
-"""CPU profiles of the targets, for latency estimates (edgekit.estimate). Spec-sheet numbers.
+"""CPU profiles of the targets, for latency estimates (edgekit.studies.estimate). Spec-sheet numbers.
 
 Peak throughput per core and cycle, from the cores' software optimisation guides:
 - Cortex-A53: one 64-bit NEON datapath, a 128-bit FMLA every other cycle -> 2 fp32 MACs/cycle.

@@ -1,6 +1,6 @@
 """`make bench`: export every zoo network, benchmark float32 and int8 in ONNX Runtime and LiteRT.
 
-    python -m edgekit.benchzoo --out bench [--models a,b] [--resolution 64] [--threads 1,2]
+    python -m edgekit.studies.benchzoo --out bench [--models a,b] [--resolution 64] [--threads 1,2]
 
 Writes ``OUT/results.json`` (every bench result, machine included) and ``OUT/README.md`` (one
 table; every figure labelled with runtime, threads, runs and real/emulated). Slow on a small host.
@@ -15,7 +15,7 @@ from typing import Any
 from edgekit import bench
 from edgekit.manifest import write_json, write_text
 
-FORMATS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
+BENCHED = ("onnx", "tflite")  # the format families `make bench` exports, float32 and int8
 
 
 def run(
@@ -39,14 +39,14 @@ def run(
             pipeline.export(
                 name,
                 out_dir=folder,
-                formats=["onnx-fp32", "tflite-fp32"],  # the float32 files the int8 ones are compared with
+                formats=[f.name for f in _float32()],  # the float32 files the int8 ones are compared with
                 int8=True,
                 resolution=resolution,
                 calib_samples=calib_samples,
             )
             result = bench.bench(
-                folder, runtimes=["onnxruntime", "litert"], threads=threads or [1, 2], min_time=min_time
-            )
+                folder, formats=list(BENCHED), threads=threads or [1, 2], min_time=min_time
+            ).to_dict(raw=False)
         except EdgekitError as exc:
             failed.append({"model": name, "error": str(exc)})
             continue
@@ -55,9 +55,7 @@ def run(
             continue
         machine = result["machine"]
         compare += [{"model": name, **c} for c in result.get("int8_vs_fp32", [])]
-        rows += [
-            {"model": name, **{k: v for k, v in r.items() if k != "latencies_ms"}} for r in result["results"]
-        ]
+        rows += [{"model": name, **r} for r in result["results"]]
         _write(out, machine, rows, compare, failed)  # after every model: a long run is readable midway
     return _write(out, machine, rows, compare, failed)
 
@@ -75,25 +73,41 @@ def _write(out: Path, machine: Any, rows: list, compare: list, failed: list) -> 
     return summary
 
 
+def _float32() -> list[Any]:
+    from edgekit import formats
+
+    return [f for f in formats.registry().values() if f.family in BENCHED and f.precision == "fp32"]
+
+
+def _columns() -> list[str]:
+    """The benched formats, float32 then int8 per family, in registry order."""
+    from edgekit import formats
+
+    return [
+        f.name for f in formats.registry().values() if f.family in BENCHED and f.precision in ("fp32", "int8")
+    ]
+
+
 def readme(summary: dict[str, Any]) -> str:
+    columns = _columns()
     lines = [
         "# Zoo benchmark",
         "",
         "p50 / p99 latency in ms per inference (batch 1) on this host, real hardware (not emulated); "
         "int8/fp32 = int8 p50 over float32 p50 of the same runtime and threads (>1: int8 is slower).",
         "",
-        "| model | runtime | threads | " + " | ".join(f"{f} p50 (p99)" for f in FORMATS) + " | int8/fp32 |",
-        "|---|---|---:|" + "---:|" * (len(FORMATS) + 1),
+        "| model | runtime | threads | " + " | ".join(f"{f} p50 (p99)" for f in columns) + " | int8/fp32 |",
+        "|---|---|---:|" + "---:|" * (len(columns) + 1),
     ]
     groups: dict[tuple, dict[str, dict]] = {}
     for r in summary["results"]:
         groups.setdefault((r["model"], r["runtime"], r["threads"]), {})[r["format"]] = r
     for (model, runtime, threads), by_fmt in groups.items():
         cells = [
-            f"{by_fmt[f]['p50_ms']:.3f} ({by_fmt[f]['p99_ms']:.3f})" if f in by_fmt else "" for f in FORMATS
+            f"{by_fmt[f]['p50_ms']:.3f} ({by_fmt[f]['p99_ms']:.3f})" if f in by_fmt else "" for f in columns
         ]
-        fp32 = by_fmt.get(f"{'onnx' if runtime == 'onnxruntime' else 'tflite'}-fp32")
-        int8 = by_fmt.get(f"{'onnx' if runtime == 'onnxruntime' else 'tflite'}-int8")
+        fp32 = next((r for r in by_fmt.values() if r["precision"] == "fp32"), None)
+        int8 = next((r for r in by_fmt.values() if r["precision"] == "int8"), None)
         ratio = f"{int8['p50_ms'] / fp32['p50_ms']:.2f}" if fp32 and int8 else ""
         lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
     lines += _int8_lines(summary.get("int8_vs_fp32") or [])

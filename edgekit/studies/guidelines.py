@@ -201,20 +201,24 @@ def count(case: Case) -> Case:
 # --- measuring ------------------------------------------------------------------------------------
 
 
-FORMAT_OF_RUNTIME = {"onnxruntime": "onnx-fp32", "litert": "tflite-fp32", "torch": None}
+def float_format(runtime: str) -> Any:
+    """The float32 format an engine runs by default (the registry's; model.pt2 for torch)."""
+    from edgekit import formats
+
+    return next(f for f in formats.registry().values() if f.precision == "fp32" and f.engine == runtime)
 
 
 def time_session(session: Any, x: Any, min_time: float, min_runs: int = 5) -> list[float]:
     """Latencies in ms: 3 warm-up calls, then at least ``min_runs`` and ``min_time`` seconds."""
+    from runtimes.base import time_calls
+
     native = session.prepare(x)
-    for _ in range(3):
-        session.invoke(native)
+    call = lambda: session.invoke(native)  # noqa: E731
+    time_calls(call, 3)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        session.invoke(native)
-        times.append((time.perf_counter() - t0) * 1e3)
+        times += time_calls(call, 1)
     return times
 
 
@@ -224,22 +228,15 @@ def measure(
     """Export ``case`` for ``runtime`` and time it; returns one result row."""
     import numpy as np
 
-    import exporters
-    from calibration.preprocess import to_layout
+    from edgekit.formats import WriteRequest
     from runtimes import get_runtime
 
     x = torch.randn(1, case.channels, SIDE, SIDE)
-    fmt = FORMAT_OF_RUNTIME[runtime]
-    if fmt is None:
-        path = workdir / f"{case.guideline}-{abs(hash(case.name))}.pt2"
-        torch.export.save(torch.export.export(case.module, (x,)), path)
-        layout = "NCHW"
-    else:
-        spec = exporters.EXPORTERS[fmt]
-        path = workdir / f"{case.guideline}-{abs(hash(case.name))}-{spec.filename}"
-        exporters.export(fmt, case.module, x, path)
-        layout = spec.layout
-    batch = to_layout(x.numpy().astype(np.float32), layout)
+    fmt = float_format(runtime)
+    path = workdir / f"{case.guideline}-{abs(hash(case.name))}-{fmt.filename}"
+    fmt.load_writer()(WriteRequest(case.module, x, path))
+    batch = x.numpy().astype(np.float32)
+    batch = batch if fmt.layout == "NCHW" else np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
     if target == "local":
         session = get_runtime(runtime).load(path, threads=threads)
         times = time_session(session, batch, min_time)
@@ -247,8 +244,7 @@ def measure(
     else:
         from runtimes.targets import get_target
 
-        tgt = get_target(target)
-        res = tgt.bench(path, runtime, threads=threads, warmup=1, runs=3, layout=layout, input_quant=None)
+        res = get_target(target).run(path, runtime, threads=threads, warmup=1, runs=3)
         times, emulated = res["latencies_ms"], res.get("emulated", False)
     p50 = statistics.median(times)
     return {
@@ -392,17 +388,13 @@ def time_shares(
             if progress:
                 progress(f"Figure 2: {name} on {runtime}")
             folder = Path(tmp) / name
-            fmt_family = "onnx" if runtime == "onnxruntime" else "tflite"
-            pipeline.export(name, out_dir=str(folder), formats=[fmt_family], resolution=resolution)
+            fmt = float_format(runtime)
+            pipeline.export(name, out_dir=str(folder), formats=[fmt.name], resolution=resolution)
             result = bench.bench(
                 str(folder), runtimes=[runtime], threads=[threads], runs=20, min_time=0.5, profile=True
             )
-            fp32 = next(
-                r
-                for r in result["results"]
-                if r["format"] in ("onnx-fp32", "tflite-fp32") and r.get("profile")
-            )
-            by_cat = fp32["profile"]["by_category_ms"]
+            fp32 = next(r for r in result.results if r.format == fmt.name and r.profile)
+            by_cat = fp32.profile["by_category_ms"]
             total = sum(by_cat.values()) or 1.0
             conv_ms = sum(ms for k, ms in by_cat.items() if k in CONV_CATEGORIES)
             info = model_info(name, resolution=resolution)
@@ -421,8 +413,8 @@ def time_shares(
                     "other_time_share": 1 - conv_ms / total,
                     "conv_flops_share": conv_macs / info["macs"],
                     "time_by_category_ms": by_cat,
-                    "p50_ms": fp32["p50_ms"],
-                    "runs": fp32["runs"],
+                    "p50_ms": fp32.p50_ms,
+                    "runs": fp32.runs,
                 }
             )
     return rows

@@ -1,0 +1,70 @@
+"""The format registry: what an export writes, and a new format plugged in with one file + one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekit import formats
+from edgekit.errors import UsageError
+
+
+def test_resolve_families_names_and_int8() -> None:
+    names = [f.name for f in formats.resolve(None, int8=False)]
+    assert names == ["torch", "onnx-fp32", "tflite-fp32", "tflite-fp16"]
+    assert [f.name for f in formats.resolve(["onnx"], int8=True)] == ["torch", "onnx-fp32", "onnx-int8"]
+    # A format made from another file brings its source along.
+    assert [f.name for f in formats.resolve(["tflite-fp16"], int8=False)] == [
+        "torch",
+        "tflite-fp32",
+        "tflite-fp16",
+    ]
+    with pytest.raises(UsageError, match="unknown format onxx"):
+        formats.resolve(["onxx"], int8=False)
+
+
+def test_select_by_name_family_and_precision() -> None:
+    present = ["onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"]
+    assert formats.select(present, ["int8"]) == ["onnx-int8", "tflite-int8"]
+    assert formats.select(present, ["tflite"]) == ["tflite-fp32", "tflite-int8"]
+    assert formats.select(present, ["onnx-int8", "tflite-fp32"]) == ["onnx-int8", "tflite-fp32"]
+    assert formats.select(present, None) == present
+    with pytest.raises(UsageError, match="none of fp16 is in this folder"):
+        formats.select(present, ["fp16"])
+
+
+def test_a_file_outside_a_manifest_gets_its_format_from_its_name() -> None:
+    assert formats.for_file("x/model_int8.onnx").name == "onnx-int8"
+    assert formats.for_file("other_int8.tflite").name == "tflite-int8"
+    assert formats.for_file("net.onnx").name == "onnx-fp32"
+    assert formats.for_file("model.pt2").name == "torch"
+
+
+@pytest.fixture
+def copy_format():
+    from copy_format import FORMAT
+
+    formats.register(FORMAT)  # the one registry line
+    yield FORMAT
+    formats.unregister(FORMAT.name)
+
+
+def test_a_new_format_goes_through_every_step(copy_format, tmp_path: Path) -> None:
+    """Exported, verified, evaluated, benchmarked and reported, no other file touched."""
+    from edgekit import bench, evaluate, pipeline
+    from edgekit.manifest import read_manifest, read_results
+    from edgekit.report import write_report
+
+    out = tmp_path / "m"
+    pipeline.export("mobilenet_v2", out_dir=out, width=0.35, resolution=32, formats=["onnx", "onnx-copy"])
+    entry = read_manifest(out).files["onnx-copy"]
+    assert entry.path == "model_copy.onnx" and entry.info["copied_from"] == "model.onnx"
+    assert entry.verification["passed"] and entry.verification["images"]["cosine_min"] > 0.99999
+    rows = {r.format: r for r in evaluate.evaluate(out, limit=2).formats}
+    assert rows["onnx-copy"].runtime == "onnxruntime" and rows["onnx-copy"].agreement_top1 == 100.0
+    result = bench.bench(out, formats=["onnx-copy"], runs=3, warmup=0)
+    assert [(r.format, r.runtime) for r in result.results] == [("onnx-copy", "onnxruntime")]
+    assert read_results(out)["bench"]["results"][0]["format"] == "onnx-copy"
+    text = write_report(out).path.read_text()
+    assert "| onnx-copy | model_copy.onnx |" in text and "| onnx-copy | onnxruntime |" in text
