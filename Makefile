@@ -28,7 +28,7 @@ run: setup
 
 test: setup
 	bash scripts/test-deps.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile  # two workers, a test file each (module fixtures built once)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -27,7 +27,7 @@ REMEDIES = ("equalize", "equalize_streams", "gptq", "bias_correct")
 @dataclass(frozen=True)
 class QuantConfig:
     calib: str | None = None  # None/'builtin', 'random', an image folder or a .npy file
-    calib_samples: int | None = None  # None: 128 for generated sources, all of a folder's images
+    calib_samples: int | None = None  # None: 128 generated, or a folder's images (256 at most)
     calib_method: str = DEFAULT_METHOD
     per_tensor: bool = False
     symmetric_activations: bool = False

@@ -15,6 +15,8 @@ import numpy as np
 
 from edgekit.errors import DataError
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -22,8 +24,8 @@ class PreprocessSpec:
     resize: int = 256  # short side before the centre crop
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-    color: str = "RGB"
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS (PIL's resampling filters)
+    color: str = "RGB"  # channel order the network takes: RGB, or BGR (mean/std in that order)
     value_range: tuple[float, float] = field(default=(0.0, 1.0))  # pixel range before mean/std
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +82,8 @@ def preprocess_pil(img: Any, spec: PreprocessSpec) -> np.ndarray:
     top = round((h - spec.resolution) / 2.0)
     img = img.crop((left, top, left + spec.resolution, top + spec.resolution))
     arr = np.asarray(img, dtype=np.float32) / 255.0
+    if spec.color == "BGR":
+        arr = arr[..., ::-1]
     lo, hi = spec.value_range
     arr = arr * (hi - lo) + lo
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)

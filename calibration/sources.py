@@ -12,6 +12,7 @@ an explicit choice for smoke tests: it says nothing about real activation ranges
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 DEFAULT_SAMPLES = 128
+# A folder or .npy gives at most this many by default (a seeded subset): ranges settle within a few
+# hundred images, while the calibration passes grow with every one (a training set has thousands).
+MAX_DEFAULT_SAMPLES = 256
 CROP_SCALE = (0.25, 1.0)  # area fraction of a crop: wide enough to vary, not so tight it is all blur
 
 # Photographs shipped as files inside scikit-image (grey ones are converted to RGB). Only files
@@ -67,13 +71,24 @@ def find_images(folder: str | Path, option: str = "--calib") -> list[Path]:
     )
     if not folder.is_dir():
         raise DataError(f"{option} {folder} is not a folder", f"pass an existing image folder {fallback}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise DataError(
             f"no images in {folder} ({option})",
             f"put {', '.join(IMAGE_SUFFIXES)} files in it (any depth) {fallback}",
         )
     return files
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted; symlinked folders followed (as torchvision's ImageFolder
+    does: datasets are often assembled from links)."""
+    return sorted(
+        Path(root) / name
+        for root, _, names in os.walk(folder, followlinks=True)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def check_source(source: str | Path | None, samples: int | None) -> None:
@@ -104,20 +119,25 @@ def imagenet_synsets() -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def labelled_images(
-    folder: str | Path, index_file: str | Path | None = None, option: str = "--data"
-) -> list[tuple[Path, int | None]]:
-    """Images of ``folder`` with their class index when known.
+def class_folders(folder: str | Path) -> list[str]:
+    """The ImageFolder classes of ``folder``: its subfolders holding images, sorted (torchvision's
+    order, which training code built on ImageFolder used for the output indices)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and image_files(p)
+    )
 
-    Labels come from an ``index_file`` (lines ``relative/path.jpg <class index>``) or from an
-    ImageFolder layout whose parent folder is an ImageNet synset (``n01440764/...``).
-    """
+
+def labelled_images(
+    folder: str | Path, labels: list[str] | None = None, option: str = "--data"
+) -> list[tuple[Path, int | None]]:
+    """Images of ``folder`` with their class index: the position of the image's folder name in
+    ``labels`` (None when unknown)."""
     files = find_images(folder, option)
-    if index_file is not None:
-        table = _read_index(Path(index_file))
-        return [(p, table.get(p.relative_to(folder).as_posix())) for p in files]
-    synsets = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
-    return [(p, synsets.get(p.parent.name)) for p in files]
+    index = {name: i for i, name in enumerate(labels or [])}
+    return [(p, index.get(p.parent.name)) for p in files]
 
 
 def evenly_spaced(items: list[Any], limit: int | None) -> list[Any]:
@@ -125,21 +145,6 @@ def evenly_spaced(items: list[Any], limit: int | None) -> list[Any]:
     if limit is None or limit >= len(items):
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-
-
-def _read_index(path: Path) -> dict[str, int]:
-    table = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        try:
-            name, label = line.rsplit(maxsplit=1)
-            table[name.strip()] = int(label)
-        except ValueError as exc:
-            raise DataError(
-                f"{path}:{n}: expected 'relative/path.jpg <class index>'", "fix the index file"
-            ) from exc
-    return table
 
 
 def load_images(
@@ -285,9 +290,11 @@ def calibration_set(
 
 
 def _take(items: Any, samples: int | None, seed: int, where: str) -> Any:
-    """A seeded subset of ``samples`` items; all of them when ``samples`` is None."""
+    """A seeded subset of ``samples`` items; when None, all of them up to MAX_DEFAULT_SAMPLES."""
     if samples is None:
-        return items
+        if len(items) <= MAX_DEFAULT_SAMPLES:
+            return items
+        samples = MAX_DEFAULT_SAMPLES
     if samples > len(items):
         raise DataError(
             f"{where} has {len(items)} calibration samples, {samples} were asked for",

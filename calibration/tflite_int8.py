@@ -117,7 +117,8 @@ def quantize_tflite(
             ranges = observed_ranges(prepared)
             converted = convert_pt2e(prepared, fold_quantize=False)
             lowering = QuantConfig(pt2e_quantizer=quantizer)
-            litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
+            with quiet_native():  # the converter's warnings and C++ log lines
+                litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
     except Exception as exc:  # converter errors are plain exceptions; one line naming the step
         raise ExportError(
             f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",

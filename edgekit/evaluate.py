@@ -2,9 +2,10 @@
 
 Each file runs in its format's engine (``runtimes.run_file``, or the runner on a ``--target``) on
 the same preprocessed images. Against the float reference (``model.pt2`` in torch.export) every
-format gets top-1 agreement, top-5 overlap, logit cosine and SQNR; with labelled data (ImageFolder
-with ImageNet synset folders) also top-1/top-5 and the drop in points. Without ``--data`` the
-built-in photographs are used (seeded crops of scikit-image's photos, no labels).
+format gets top-1 agreement, top-5 overlap, logit cosine and SQNR; with labelled data (an
+ImageFolder whose folder names are the manifest's labels: ImageNet synsets for the zoo, the user's
+class names otherwise) also top-1/top-5, the drop in points and a per-class table. Without
+``--data`` the built-in photographs are used (seeded crops of scikit-image's photos, no labels).
 
 The result is an :class:`EvalResult`; ``to_dict`` is what ``--json`` prints and ``eval.json``
 holds. The metric functions live in :mod:`edgekit.verify`, shared with the export gates.
@@ -28,6 +29,8 @@ from edgekit.verify import cosine, sqnr_db, top1_agreement, top5_overlap
 BUILTIN_IMAGES = 64
 BUILTIN_SEED = 2024  # not the calibration seed: eval crops differ from the calibration crops
 WORST = 5
+PER_CLASS_ALL = 50  # up to this many classes the per-class table lists them all, else the worst
+PER_CLASS_WORST = 10
 
 
 @dataclass
@@ -51,6 +54,7 @@ class EvalRow:
     top1: float | None = None
     top5: float | None = None
     drop_top1: float | None = None
+    per_class: dict[str, float] | None = None  # top-1 % per class (see EvalResult.classes)
     target: str | None = None
     emulated: bool | None = None
     machine: dict[str, Any] | None = None
@@ -66,19 +70,22 @@ class EvalResult:
     measured: dict[str, Any]
     note: str | None = None  # e.g. the folder was read-only and the result not stored
     stored: str | None = None
+    classes: list[dict[str, Any]] | None = None  # per class: name, images, top-1 % per format
 
     def row(self, fmt: str) -> EvalRow:
         return next(r for r in self.formats if r.format == fmt)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"formats": [r.to_dict() for r in self.formats], "measured": self.measured}
+        if self.classes is not None:
+            data["classes"] = self.classes
         return {**data, **({"note": self.note} if self.note else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
         known = set(EvalRow.__dataclass_fields__)
         rows = [EvalRow(**{k: v for k, v in r.items() if k in known}) for r in data.get("formats", [])]
-        return cls(rows, data.get("measured", {}), data.get("note"))
+        return cls(rows, data.get("measured", {}), data.get("note"), classes=data.get("classes"))
 
 
 def evaluate(
@@ -102,7 +109,7 @@ def evaluate(
         raise ArtifactError(f"{folder} has no torch reference (model.pt2)", "re-run `edgekit export` for it")
     spec = PreprocessSpec.from_dict(manifest.preprocess)
     chosen = fmts.select([f for f in manifest.files if f != fmts.REFERENCE], formats)
-    images, labels, names, data_desc = load_eval_images(spec, data, limit)
+    images, labels, names, data_desc = load_eval_images(spec, data, limit, class_names(manifest, data))
     remote = None if target == "local" else _remote(target, timeout)
     outputs, how = {}, {}
     for name in [fmts.REFERENCE, *chosen]:
@@ -131,11 +138,23 @@ def evaluate(
         "reference": "torch (model.pt2, float32, local)",
         "preprocess": spec.to_dict(),
     }
-    if labels is None and data is not None:
-        measured["labels_note"] = (
-            f"no top-1/top-5: the folders of {data} are not ImageNet synsets (agreement with float only)"
+    classes = None
+    if data is not None:
+        note = labels_note(manifest, data, names, labels)
+        if note:
+            measured["labels_note"] = note
+    if labels is not None:
+        measured["labelled_images"] = int((labels >= 0).sum())
+        classes = per_class(outputs, labels, class_names(manifest, data) or [])
+        seen = len(set(labels[labels >= 0].tolist()))
+        measured["per_class"] = (
+            f"all {seen} classes"
+            if len(classes) == seen
+            else f"the {len(classes)} of {seen} classes worst in float"
         )
-    result = EvalResult(rows, measured)
+        for row in rows:
+            row.per_class = {c["class"]: c["top1"][row.format] for c in classes}
+    result = EvalResult(rows, measured, classes=classes)
     if out_file:
         write_json(out_file, result.to_dict())
     stored = record_result(folder, "eval", result.to_dict())
@@ -145,10 +164,65 @@ def evaluate(
     return result
 
 
+def class_names(manifest: Manifest, data: str | Path | None) -> list[str] | None:
+    """The network's class names in output order: the manifest's labels, else the sorted folder
+    names of ``data`` when there are as many as the network has outputs (ImageFolder's order)."""
+    if manifest.labels is not None or data is None:
+        return manifest.labels
+    from calibration.sources import class_folders, imagenet_synsets
+
+    folders = class_folders(data)
+    classes = manifest.model["args"].get("num_classes")
+    if folders and len(folders) == classes:
+        return folders
+    return imagenet_synsets() if classes == 1000 else None  # folders made before labels were recorded
+
+
+def labels_note(
+    manifest: Manifest, data: str | Path, names: list[str], labels: np.ndarray | None
+) -> str | None:
+    """How the folder names of ``data`` were read as labels, when the user must know (else None)."""
+    known = class_names(manifest, data)
+    folders = sorted({Path(n).parent.name for n in names})
+    if known is None:
+        return (
+            f"no top-1/top-5: the manifest has no labels and the {len(folders)} folders of {data} are not "
+            f"the network's {manifest.model['args'].get('num_classes')} classes (export with --labels FILE)"
+        )
+    if labels is None:
+        return (
+            f"no top-1/top-5: no folder of {data} is a label of the network "
+            f"(folders: {', '.join(folders[:3])}; labels: {', '.join(known[:3])})"
+        )
+    outside = sorted({Path(n).parent.name for n, label in zip(names, labels, strict=True) if label < 0})
+    parts = [] if manifest.labels is not None else ["labels are the sorted folder names (ImageFolder order)"]
+    if outside:
+        parts.append(
+            f"left out of top-1/top-5: {len(outside)} folder(s) not among the network's labels "
+            f"({', '.join(outside[:5])}{', ...' if len(outside) > 5 else ''})"
+        )
+    return "; ".join(parts) or None
+
+
+def per_class(outputs: dict[str, np.ndarray], labels: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """Top-1 per class and format; every class up to PER_CLASS_ALL, else the float reference's worst."""
+    rows = []
+    for index in sorted(set(labels[labels >= 0].tolist())):
+        mask = labels == index
+        top1 = {
+            fmt: round(100 * float(np.mean(out[mask].argmax(1) == index)), 1) for fmt, out in outputs.items()
+        }
+        rows.append({"class": names[index], "images": int(mask.sum()), "top1": top1})
+    if len(rows) > PER_CLASS_ALL:
+        rows = sorted(rows, key=lambda r: r["top1"][fmts.REFERENCE])[:PER_CLASS_WORST]
+    return rows
+
+
 def load_eval_images(
-    spec: PreprocessSpec, data: str | Path | None, limit: int | None
+    spec: PreprocessSpec, data: str | Path | None, limit: int | None, labels: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
-    """NCHW batch, labels (None when unknown), image names, and a description of the data."""
+    """NCHW batch, labels (index into ``labels``, -1 for a folder that is no class; None when no
+    image has one), image names, and a description of the data."""
     from calibration import sources
 
     if data is None:
@@ -157,10 +231,10 @@ def load_eval_images(
         photos = [name for name, _ in sources.builtin_photos()]
         names = [f"{photos[i % len(photos)]}#crop{i}" for i in range(n)]
         return batch, None, names, f"built-in photographs (scikit-image, {n} seeded crops, no labels)"
-    items = sources.evenly_spaced(sources.labelled_images(data), limit)
+    items = sources.evenly_spaced(sources.labelled_images(data, labels), limit)
     batch, _ = sources.load_images([p for p, _ in items], spec)
-    known = [label for _, label in items]
-    labels = np.array(known) if all(label is not None for label in known) else None
+    known = np.array([-1 if label is None else label for _, label in items])
+    labels = known if (known >= 0).any() else None
     names = [p.relative_to(data).as_posix() for p, _ in items]
     return batch, labels, names, str(data)
 
@@ -235,8 +309,9 @@ def figures(
         "sqnr_db": round(sqnr, 2) if np.isfinite(sqnr) else None,
         "worst": [{"image": names[i], "cosine": round(float(cos[i]), 6)} for i in np.argsort(cos)[:WORST]],
     }
-    if labels is not None:
-        top5 = np.argsort(-out, axis=1)[:, :5]
-        row["top1"] = round(100 * float(np.mean(top5[:, 0] == labels)), 2)
-        row["top5"] = round(100 * float(np.mean((top5 == labels[:, None]).any(1))), 2)
+    if labels is not None:  # over the images whose folder is a class
+        mask = labels >= 0
+        top5 = np.argsort(-out[mask], axis=1)[:, :5]
+        row["top1"] = round(100 * float(np.mean(top5[:, 0] == labels[mask])), 2)
+        row["top5"] = round(100 * float(np.mean((top5 == labels[mask, None]).any(1))), 2)
     return row

@@ -333,6 +333,7 @@ class Manifest:
     command: list[str] = field(default_factory=list)
     files: dict[str, FileEntry] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
+    labels: list[str] | None = None  # class names in output order (None: unknown)
     schema: int = SCHEMA
     created: str = field(default_factory=lambda: now())
     updated: str | None = None
@@ -351,6 +352,8 @@ class Manifest:
         }
         if self.calibration is not None:
             data["calibration"] = self.calibration
+        if self.labels is not None:
+            data["labels"] = self.labels
         if self.updated:
             data["updated"] = self.updated
         if self.folder:
@@ -367,6 +370,7 @@ class Manifest:
             command=data.get("command", []),
             files={name: FileEntry.from_dict(e) for name, e in data.get("files", {}).items()},
             calibration=data.get("calibration"),
+            labels=data.get("labels"),
             schema=data.get("schema", SCHEMA),
             created=data.get("created", ""),
             updated=data.get("updated"),

@@ -25,7 +25,7 @@ from edgekit.verify import Checker, check, exactness_paths
 
 
 def export(
-    name: str,
+    name: str | Any,
     *,
     out_dir: str | os.PathLike[str] | None = None,
     formats: list[str] | None = None,
@@ -34,25 +34,45 @@ def export(
     resolution: int | None = None,
     groups: int | None = None,
     pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    labels: str | os.PathLike[str] | list[str] | None = None,
+    preprocess: dict[str, Any] | None = None,
     dynamic_batch: bool = False,
     int8: bool = False,
     seed: int = 0,
     **quant_options: Any,
 ) -> Manifest:
-    """Export ``name`` to the requested formats in ``out_dir``; returns the manifest."""
+    """Export ``name`` (a zoo name, ``file.py:factory`` or an ``nn.Module``) to the requested
+    formats in ``out_dir``; returns the manifest. ``weights``: a training checkpoint for a zoo
+    network; ``preprocess``: overrides of mean, std, resize, resolution, interpolation, color."""
     config = QuantConfig.from_options(seed=seed, **quant_options)
     chosen = fmts.resolve(formats, int8)
     _preflight(name, resolution, out_dir, chosen, int8, config, quant_options)
+    for option, path in (("--weights", weights), ("--labels", labels)):
+        if isinstance(path, (str, os.PathLike)) and not check_path(path, option).is_file():
+            raise UsageError(f"{option} {path} does not exist", f"pass an existing file to {option}")
     floats, int8s = [f for f in chosen if not f.int8], [f for f in chosen if f.int8]
+    shown = name if isinstance(name, str) else type(name).__name__
     with Steps("edgekit export", 2 + len(floats) + bool(int8s)) as steps:
-        with steps.step(f"build {name}"):
+        with steps.step(f"build {shown}"):
             built = build(
-                name, width=width, resolution=resolution, groups=groups, pretrained=pretrained, seed=seed
+                name,
+                width=width,
+                resolution=resolution,
+                groups=groups,
+                pretrained=pretrained,
+                weights=weights,
+                num_classes=num_classes,
+                labels=labels,
+                preprocess=preprocess,
+                seed=seed,
             )
         out = Path(out_dir) if out_dir else Path("artifacts") / built.name
         _check_space(out, built.info["params"], chosen)
         with staged_dir(out) as stage:
             manifest = _new_manifest(built, dynamic_batch, argv)
+            manifest.labels = built.labels or _folder_labels(config.calib, built)
             checker = Checker(built.model, built.spec, seed)
             for fmt in floats:
                 with steps.step(f"{fmt.name} ({fmt.filename})"):
@@ -69,8 +89,18 @@ def export(
     return manifest
 
 
+def _folder_labels(calib: Any, built: Built) -> list[str] | None:
+    """The calibration folder's sorted class folders, when there is one per output (ImageFolder)."""
+    from calibration.sources import class_folders
+
+    if not isinstance(calib, (str, os.PathLike)) or not Path(calib).is_dir():
+        return None
+    folders = class_folders(calib)
+    return folders if folders and len(folders) == built.info["args"]["num_classes"] else None
+
+
 def _preflight(
-    name: str,
+    name: str | Any,
     resolution: int | None,
     out_dir: str | os.PathLike[str] | None,
     chosen: list[Format],
@@ -84,7 +114,8 @@ def _preflight(
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise UsageError(f"int8 options without --int8: {flags}", "add --int8 or drop them")
     fmts.check_available(chosen)
-    check_args(name, resolution)
+    if isinstance(name, str):
+        check_args(name, resolution)
     check_writable(check_path(out_dir, "--out") if out_dir else Path("artifacts"))
     if int8:
         from calibration.sources import check_source

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,17 +34,67 @@ def imagenet_sample(shared_dir: Path) -> Path:
     return path
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Any]) -> Any:
+    """``make(folder)`` run once per test session, even with pytest-xdist's workers (``make -j``):
+    the first worker builds under a file lock in the session's shared temp folder, the others read
+    its JSON result."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.is_file():
+            folder.mkdir(exist_ok=True)
+            done.write_text(json.dumps(make(folder)))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def small_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real, verified export of MobileNetV2-0.35 at 64 px: model.pt2, ONNX, TFLite fp32/fp16.
 
     Built once per session (~40 s on 2 cores) with the real converters; treat it as read-only.
     """
-    from edgekit import pipeline
 
-    out = tmp_path_factory.mktemp("artifacts") / "mobilenet_v2"
-    pipeline.export("mobilenet_v2", out_dir=out, width=0.35, resolution=64, argv=["pytest"])
-    return out
+    def make(folder: Path) -> str:
+        from edgekit import pipeline
+
+        out = folder / "mobilenet_v2"
+        pipeline.export("mobilenet_v2", out_dir=out, width=0.35, resolution=64, argv=["pytest"])
+        return str(out)
+
+    return Path(built_once(tmp_path_factory, "small_artifact", make))
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A user's trained model: ``examples/train_digits.py`` run once per session (~30 s).
+
+    scikit-learn's digits as ImageFolders ``train/`` and ``val/`` (word-named classes, so sorted
+    folder order differs from digit order), a DDP-style ``checkpoint.pt`` of MobileNetV2-0.35 at
+    64 px, and the training script's own top-1 on ``val``.
+    """
+    pytest.importorskip("sklearn")
+    module = train_digits_module()
+
+    def make(root: Path) -> dict:
+        module.write_folders(root)
+        return {"root": str(root), **module.train(root)}
+
+    figures = built_once(tmp_path_factory, "digits", make)
+    return {**figures, "root": Path(figures["root"]), "module": module}
+
+
+def train_digits_module() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train_digits.py"
+    spec = importlib.util.spec_from_file_location("train_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # --- a real sshd on 127.0.0.1 ---------------------------------------------------------------------

@@ -89,14 +89,17 @@ def test_builtin_is_seeded_and_varied():
     assert abs(float(a.std()) - 1.0) > 0.05 or abs(float(a.mean())) > 0.05
 
 
-def test_imagefolder_labels_from_synsets(tmp_path):
+def test_imagefolder_labels_by_folder_name(tmp_path):
+    from calibration.sources import class_folders, imagenet_synsets
+
     _save(tmp_path / "n01440764" / "tench.jpg")
     _save(tmp_path / "n01443537" / "goldfish.jpg")
     _save(tmp_path / "unknown" / "x.jpg")
-    labels = {p.name: label for p, label in labelled_images(tmp_path)}
+    labels = {p.name: label for p, label in labelled_images(tmp_path, imagenet_synsets())}
     assert labels == {"tench.jpg": 0, "goldfish.jpg": 1, "x.jpg": None}
-    (tmp_path / "index.txt").write_text("unknown/x.jpg 7\n")
-    assert dict((p.name, lab) for p, lab in labelled_images(tmp_path, tmp_path / "index.txt"))["x.jpg"] == 7
+    assert class_folders(tmp_path) == ["n01440764", "n01443537", "unknown"]
+    own = {p.name: label for p, label in labelled_images(tmp_path, ["unknown", "n01443537"])}
+    assert own == {"tench.jpg": None, "goldfish.jpg": 1, "x.jpg": 0}
 
 
 def _histogram(data, bins=2048):

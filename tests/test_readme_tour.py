@@ -2,7 +2,8 @@
 
 Each command of the ```sh block under "## A tour of the CLI" runs through bash in a fresh folder
 with the installed ``edgekit`` script, ``HOME`` pointing at a folder where ``~/imagenet/val`` is
-the shared ImageNet sample and ``my_net.py`` is the README's own file. One substitution: the SSH
+the shared ImageNet sample and ``~/digits`` the folders of ``examples/train_digits.py`` (whose
+checkpoint is ``runs/best.pt``), and ``my_net.py`` is the README's own file. One substitution: the SSH
 line's ``ssh://pi@raspberrypi.local`` (a board that is not here) becomes the test sshd on
 127.0.0.1, reached with a key held by a real ssh-agent.
 """
@@ -41,11 +42,13 @@ def tour_file(text: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, imagenet_sample: Path, sshd) -> dict[str, str]:
-    """A HOME with ~/imagenet/val, the sshd's host key in ~/.ssh/known_hosts, and an ssh-agent."""
+def home(tmp_path_factory, imagenet_sample: Path, digits: dict, sshd) -> dict[str, str]:
+    """A HOME with ~/imagenet/val, ~/digits, the sshd's host key in ~/.ssh/known_hosts, and an
+    ssh-agent."""
     home = tmp_path_factory.mktemp("home")
     (home / "imagenet").mkdir()
     (home / "imagenet" / "val").symlink_to(imagenet_sample)
+    (home / "digits").symlink_to(digits["root"])
     (home / ".ssh").mkdir(mode=0o700)
     shutil.copy(sshd["known_hosts"], home / ".ssh" / "known_hosts")
     agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True, timeout=30)
@@ -64,11 +67,13 @@ def home(tmp_path_factory, imagenet_sample: Path, sshd) -> dict[str, str]:
     subprocess.run(["kill", env["SSH_AGENT_PID"]], check=False)
 
 
-def test_every_tour_command_runs_as_written(home: dict[str, str], sshd, tmp_path: Path) -> None:
+def test_every_tour_command_runs_as_written(home: dict[str, str], digits: dict, sshd, tmp_path: Path) -> None:
     text = README.read_text()
     commands = tour_commands(text)
     assert len(commands) >= 12 and all(c.startswith("edgekit ") for c in commands)
     (tmp_path / "my_net.py").write_text(tour_file(text, "my_net.py"))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "best.pt").symlink_to(digits["root"] / "checkpoint.pt")
     board = f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}?python={sys.executable}"
     for command in commands:
         line = command.replace(BOARD, board)
@@ -79,15 +84,15 @@ def test_every_tour_command_runs_as_written(home: dict[str, str], sshd, tmp_path
         print(f"{time.monotonic() - start:6.1f} s  {command}")
         assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
         assert "Traceback" not in proc.stderr, f"{command}\n{proc.stderr[-2000:]}"
-        for noise in ("Serializing optimized model", "Created TensorFlow Lite XNNPACK delegate"):
+        for noise in (
+            "Serializing optimized model",
+            "Created TensorFlow Lite XNNPACK delegate",
+            "Warning:",  # Python's warnings (FutureWarning, UserWarning...)
+            "WARNING:",  # libraries' logging
+        ):
             assert noise not in proc.stdout + proc.stderr, f"{command}: engine log on the console: {noise}"
     artifacts = tmp_path / "artifacts"
-    assert {p.name for p in artifacts.iterdir()} >= {
-        "mobilenet_v3_r96",
-        "mobilenet_v2_r96",
-        "mv2_per_tensor",
-        "my_net",
-    }
-    report = (artifacts / "mobilenet_v3_r96" / "report.md").read_text()
-    assert "## Latency" in report and "ssh://" in (artifacts / "mobilenet_v3_r96" / "bench.json").read_text()
-    assert (artifacts / "mobilenet_v3_r96" / "report.html").is_file()
+    assert {p.name for p in artifacts.iterdir()} >= {"digits", "mobilenet_v2_r96", "mv2_per_tensor", "my_net"}
+    report = (artifacts / "digits" / "report.md").read_text()
+    assert "## Latency" in report and "ssh://" in (artifacts / "digits" / "bench.json").read_text()
+    assert (artifacts / "digits" / "report.html").is_file()

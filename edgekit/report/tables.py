@@ -163,6 +163,16 @@ def print_eval(result: dict[str, Any]) -> None:
         + ("; SQNR — = identical outputs" if any(r["sqnr_db"] is None for r in result["formats"]) else "")
     )
     render("Accuracy vs PyTorch float", columns, rows, caption)
+    if result.get("classes"):
+        print_classes(result)
+
+
+def print_classes(result: dict[str, Any]) -> None:
+    """Top-1 per class and format (all classes up to 50, else the float reference's worst)."""
+    formats = [r["format"] for r in result["formats"]]
+    rows = [[c["class"], c["images"], *(c["top1"][f] for f in formats)] for c in result["classes"]]
+    caption = f"{result['measured']['per_class']}; an image's class is its folder's name"
+    render("Top-1 % per class", ["class", "images", *formats], rows, caption)
 
 
 def _int8_cpu(rows: list[dict[str, Any]]) -> str:
