@@ -203,6 +203,11 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
     "--target", default="local", show_default=True, help="local, pi4-emu, pi5-emu, avx2-emu, ssh://..."
 )
 @click.option("--timeout", type=float, default=None, help="Seconds a target call may take (default 600/900).")
+@click.option(
+    "--runtime",
+    "runtimes",
+    help="Also run the files in these other engines of their format (e.g. openvino), or 'all'.",
+)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
@@ -211,7 +216,8 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
     from edgekit import evaluate
     from edgekit.report import tables
 
-    result = evaluate.evaluate(artifact_dir, **{**options, "formats": _csv(options["formats"])}).to_dict()
+    lists = {"formats": _csv(options["formats"]), "runtimes": _csv(options["runtimes"])}
+    result = evaluate.evaluate(artifact_dir, **{**options, **lists}).to_dict()
     emit_json(result) if as_json else tables.print_eval(result)
     _note(result)
 

@@ -97,6 +97,7 @@ def evaluate(
     out_file: str | Path | None = None,
     timeout: float | None = None,
     formats: list[str] | None = None,
+    runtimes: list[str] | None = None,
 ) -> EvalResult:
     """Run every artifact on the same images; per-format accuracy and agreement with PyTorch float."""
     if limit is not None and limit < 1:
@@ -111,19 +112,20 @@ def evaluate(
     chosen = fmts.select([f for f in manifest.files if f != fmts.REFERENCE], formats)
     images, labels, names, data_desc = load_eval_images(spec, data, limit, class_names(manifest, data))
     remote = None if target == "local" else _remote(target, timeout)
-    outputs, how = {}, {}
-    for name in [fmts.REFERENCE, *chosen]:
-        fmt = fmts.get(name)
-        if remote is None or name == fmts.REFERENCE:  # the float reference runs here
-            outputs[name], how[name] = run_local(manifest, fmt, images, threads)
+    outputs, how, skipped = {}, {}, []
+    for key, fmt, engine in runs(chosen, remote, runtimes):
+        if isinstance(engine, Skip):
+            skipped.append({"format": fmt.name, "runtime": engine.runtime, "reason": engine.reason})
+        elif remote is None or fmt.name == fmts.REFERENCE:  # the float reference runs here
+            outputs[key], how[key] = run_local(manifest, fmt, engine, images, threads)
         else:
-            outputs[name], how[name] = run_on_target(remote, manifest, fmt, images, threads)
+            outputs[key], how[key] = run_on_target(remote, manifest, fmt, images, threads)
     if remote is not None:
         how[fmts.REFERENCE]["note"] = f"run locally as the reference; not on {target}"
     reference = outputs[fmts.REFERENCE]
     rows = [
-        EvalRow(format=name, **how[name], **figures(reference, out, labels, names))
-        for name, out in outputs.items()
+        EvalRow(format=how[key].pop("format"), **how[key], **figures(reference, out, labels, names))
+        for key, out in outputs.items()
     ]
     if labels is not None:
         for row in rows:
@@ -152,8 +154,10 @@ def evaluate(
             if len(classes) == seen
             else f"the {len(classes)} of {seen} classes worst in float"
         )
-        for row in rows:
-            row.per_class = {c["class"]: c["top1"][row.format] for c in classes}
+        for key, row in zip(outputs, rows, strict=True):
+            row.per_class = {c["class"]: c["top1"][key] for c in classes}
+    if skipped:
+        measured["skipped"] = skipped
     result = EvalResult(rows, measured, classes=classes)
     if out_file:
         write_json(out_file, result.to_dict())
@@ -162,6 +166,39 @@ def evaluate(
     if stored is None:
         result.note = f"{folder} is read-only: results not stored there (use --out FILE to keep them)"
     return result
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An engine of a format that cannot run here (not installed, or not on the target)."""
+
+    runtime: str
+    reason: str
+
+
+def runs(
+    chosen: list[str], remote: Any, engines: list[str] | None = None
+) -> list[tuple[str, fmts.Format, str | Skip]]:
+    """(row key, format, engine) for the reference and each chosen file in its default engine, plus
+    the format's other engines named in ``engines`` (``["all"]``: every one), keyed
+    ``onnx-int8 (openvino)``."""
+    from runtimes import get_runtime
+    from runtimes.targets import ENGINES
+
+    found: list[tuple[str, fmts.Format, str | Skip]] = [
+        (fmts.REFERENCE, fmts.get(fmts.REFERENCE), fmts.get(fmts.REFERENCE).engine)
+    ]
+    for name in chosen:
+        fmt = fmts.get(name)
+        found.append((name, fmt, fmt.engine))
+        for engine in fmt.engines[1:]:
+            if engines is None or (engine not in engines and "all" not in engines):
+                continue
+            ok, reason = get_runtime(engine).available()
+            if ok and remote is not None and engine not in ENGINES:
+                ok, reason = False, f"{remote.name} runs {', '.join(ENGINES)} only"
+            found.append((f"{name} ({engine})", fmt, engine if ok else Skip(engine, reason)))
+    return found
 
 
 def class_names(manifest: Manifest, data: str | Path | None) -> list[str] | None:
@@ -240,15 +277,16 @@ def load_eval_images(
 
 
 def run_local(
-    manifest: Manifest, fmt: fmts.Format, images: np.ndarray, threads: int
+    manifest: Manifest, fmt: fmts.Format, engine: str, images: np.ndarray, threads: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Logits of one artifact here, in its format's engine, and how they were obtained."""
+    """Logits of one artifact here, in ``engine``, and how they were obtained."""
     from runtimes import get_runtime, run_file
 
-    logits = run_file(manifest.file(fmt.name), images, fmt.layout, fmt.engine, threads)
-    runtime = get_runtime(fmt.engine)
+    logits = run_file(manifest.file(fmt.name), images, fmt.layout, engine, threads)
+    runtime = get_runtime(engine)
     how = {
-        "runtime": fmt.engine,
+        "format": fmt.name,
+        "runtime": engine,
         "version": runtime.version(),
         "accelerator": runtime.accelerator,
         "layout": str(fmt.layout),
@@ -272,6 +310,7 @@ def run_on_target(
     x = images if fmt.layout == "NCHW" else images.transpose(0, 2, 3, 1)
     result = target.run(manifest.file(fmt.name), fmt.engine, threads=threads, warmup=0, runs=1, inputs=x)
     how = {
+        "format": fmt.name,
         "runtime": fmt.engine,
         "version": result.get("engine_version"),
         "accelerator": "XNNPACK" if result.get("xnnpack") else None,

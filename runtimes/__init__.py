@@ -1,7 +1,7 @@
 """Inference engines behind one interface, found by name; the one way edgekit runs a file.
 
     from runtimes import get_runtime, run_file
-    rt = get_runtime("onnxruntime")          # "torch" | "onnxruntime" | "litert" | a plug-in
+    rt = get_runtime("onnxruntime")          # "torch" | "onnxruntime" | "litert" | "openvino" | a plug-in
     ok, reason = rt.available()
     sess = rt.load("model.onnx", threads=1)
     logits = sess.run(x)                     # float32 in the file's layout -> float32 logits
@@ -40,6 +40,7 @@ _BUILTIN = {
     "torch": "runtimes.pytorch:TorchRuntime",
     "onnxruntime": "runtimes.ort:OrtRuntime",
     "litert": "runtimes.litert:LiteRTRuntime",
+    "openvino": "runtimes.openvino:OpenVinoRuntime",
 }
 _ALIASES = {"ort": "onnxruntime", "tflite": "litert", "pytorch": "torch"}
 

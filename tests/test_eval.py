@@ -54,6 +54,16 @@ def test_eval_json_keys(float_dir):
     assert read_results(float_dir)["eval"]["measured"]["images"] == 6
 
 
+def test_eval_runs_a_file_in_its_other_engines_on_request(float_dir):
+    result = CliRunner().invoke(cli, ["eval", str(float_dir), "--limit", "4", "--runtime", "all", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [(r["format"], r["runtime"]) for r in json.loads(result.output)["formats"]]
+    assert rows == [("torch", "torch"), ("onnx-fp32", "onnxruntime"), ("onnx-fp32", "openvino")]
+    openvino = json.loads(result.output)["formats"][2]
+    # the same fp32 file in another engine (f32 forced): the same function up to summation order
+    assert openvino["cosine"] > 0.9999 and openvino["sqnr_db"] > 40 and openvino["version"]
+
+
 def test_eval_labelled_folder(float_dir, tmp_path):
     rng = np.random.default_rng(0)
     for wnid in ("n01440764", "n01443537"):

@@ -89,7 +89,7 @@ def test_entry_point_plugin(monkeypatch):
         return real(**kw)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake)
-    assert runtimes.runtime_names() == ["torch", "onnxruntime", "litert", "echo"]
+    assert runtimes.runtime_names() == ["torch", "onnxruntime", "litert", "openvino", "echo"]
     assert runtimes.runtimes_for_file("m.echo") == ["echo"]
     sess = runtimes.get_runtime("echo").load("m.echo")
     data = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
@@ -117,7 +117,7 @@ def test_missing_runtime_reports_reason(monkeypatch):
     assert not ok and "pip install onnxruntime" in reason
 
 
-@pytest.mark.parametrize("name", ["torch", "onnxruntime", "litert"])
+@pytest.mark.parametrize("name", ["torch", "onnxruntime", "litert", "openvino"])
 def test_available(name):
     ok, reason = runtimes.get_runtime(name).available()
     assert ok, reason
@@ -131,9 +131,11 @@ def test_available(name):
     [
         ("onnxruntime", "model.onnx", 1e-4),
         ("litert", "model_fp32.tflite", 1e-4),
+        ("openvino", "model.onnx", 1e-4),  # f32 forced: its bf16 default on AMX would fail this
         # int8: random calibration on a random net; bounded by a few output quantisation steps
         ("onnxruntime", "model_int8.onnx", 0.05),
         ("litert", "model_int8.tflite", 0.05),
+        ("openvino", "model_int8.onnx", 0.05),
     ],
 )
 def test_engine_agrees_with_torch(art, x, reference, name, file, atol):
@@ -154,6 +156,16 @@ def test_describe(art):
     desc = runtimes.get_runtime("onnxruntime").load(art / "model.onnx", graph_optimization="basic").describe()
     assert desc["provider"] == "CPUExecutionProvider" and desc["graph_optimization"] == "basic"
     assert desc["input"]["dtype"] == "float32" and desc["input"]["shape"] == [1, 3, RES, RES]
+
+
+def test_openvino_runs_fp32_in_fp32_and_int8_in_int8(art):
+    rt = runtimes.get_runtime("openvino")
+    assert rt.load(art / "model.onnx").describe()["inference_precision"] == "<Type: 'float32'>"
+    layers = rt.load(art / "model_int8.onnx").layers()
+    convs = [layer for layer in layers if layer["type"] == "Convolution"]
+    assert convs and all(layer["precision"] in ("u8", "i8") for layer in convs), convs[:3]
+    # the global average pool runs in float, as in ONNX Runtime (ReduceMean has no int8 kernel there)
+    assert [op["op"] for op in rt.slow_path(art / "model_int8.onnx")] == ["Reduce (f32)"]
 
 
 def test_prepare_invoke_is_run(art, x):

@@ -169,7 +169,7 @@ def print_eval(result: dict[str, Any]) -> None:
 
 def print_classes(result: dict[str, Any]) -> None:
     """Top-1 per class and format (all classes up to 50, else the float reference's worst)."""
-    formats = [r["format"] for r in result["formats"]]
+    formats = list(result["classes"][0]["top1"])  # the rows' keys: format, or "format (engine)"
     rows = [[c["class"], c["images"], *(c["top1"][f] for f in formats)] for c in result["classes"]]
     caption = f"{result['measured']['per_class']}; an image's class is its folder's name"
     render("Top-1 % per class", ["class", "images", *formats], rows, caption)
