@@ -125,9 +125,7 @@ def class_folders(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(
-        p.name for p in folder.iterdir() if p.is_dir() and image_files(p)
-    )
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and image_files(p))
 
 
 def labelled_images(

@@ -61,6 +61,7 @@ class Format:
     source: str | None = None  # the format whose file this one is made from
     grid: str | None = None  # int8: "module:function" (per_channel) -> its WeightGrid
     dynamic_batch: bool = False  # can take a symbolic batch dimension (--dynamic-batch)
+    companions: tuple[str, ...] = ()  # files written beside ``filename`` (ncnn's .bin), hashed too
 
     @property
     def int8(self) -> bool:
@@ -142,6 +143,28 @@ _BUILTIN = (
         source="tflite-fp32",
     ),
     Format(
+        "executorch-fp32",
+        "executorch",
+        "model.pte",
+        Precision.FP32,
+        Layout.NCHW,
+        "exporters.executorch:write",
+        ("executorch",),
+        ("executorch",),
+    ),
+    Format(
+        "ncnn-fp32",
+        "ncnn",
+        "model.ncnn.param",
+        Precision.FP32,
+        Layout.NCHW,
+        "exporters.ncnn:write",
+        ("ncnn",),
+        ("ncnn", "pnnx"),
+        source="onnx-fp32",
+        companions=("model.ncnn.bin",),
+    ),
+    Format(
         "onnx-int8",
         "onnx",
         "model_int8.onnx",
@@ -164,6 +187,17 @@ _BUILTIN = (
         ("litert_torch", "ai_edge_litert"),
         source="tflite-fp32",
         grid="calibration.tflite_int8:weight_grid",
+    ),
+    Format(
+        "executorch-int8",
+        "executorch",
+        "model_int8.pte",
+        Precision.INT8,
+        Layout.NCHW,
+        "calibration.executorch_int8:write",
+        ("executorch",),
+        ("executorch",),
+        grid="calibration.executorch_int8:weight_grid",
     ),
 )
 _REGISTERED: dict[str, Format] = {}

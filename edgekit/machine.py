@@ -86,6 +86,10 @@ PACKAGES = (
     "ai-edge-litert",
     "litert-torch",
     "ai-edge-quantizer",
+    "openvino",
+    "executorch",
+    "ncnn",
+    "pnnx",
 )
 PEAK_SIZE = 2048  # M = N = K: 8.6 GMAC, large enough for the GEMM kernels to reach steady state
 PEAK_REPEATS = 5

@@ -299,6 +299,10 @@ class FileEntry:
         name = filename or fmt.filename
         path = Path(folder) / name
         size = path.stat().st_size
+        companions = getattr(fmt, "companions", ())
+        if companions:  # ncnn's .bin beside its .param: hashed like the file itself
+            info = {**info, "companions": {c: sha256(Path(folder) / c) for c in companions}}
+            size += sum((Path(folder) / c).stat().st_size for c in companions)
         return cls(
             fmt.name, name, sha256(path), size, str(fmt.precision), str(fmt.layout), verification, info
         )
@@ -461,7 +465,10 @@ def stale_files(folder: str | os.PathLike[str], manifest: Manifest) -> list[str]
     """Formats whose file is missing or no longer matches its sha256."""
     stale = []
     for fmt, entry in manifest.files.items():
-        file = Path(folder) / entry.path
-        if not file.is_file() or sha256(file) != entry.sha256:
-            stale.append(fmt)
+        expected = {entry.path: entry.sha256, **entry.info.get("companions", {})}
+        for name, digest in expected.items():
+            file = Path(folder) / name
+            if not file.is_file() or sha256(file) != digest:
+                stale.append(fmt)
+                break
     return stale

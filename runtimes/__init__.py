@@ -41,6 +41,8 @@ _BUILTIN = {
     "onnxruntime": "runtimes.ort:OrtRuntime",
     "litert": "runtimes.litert:LiteRTRuntime",
     "openvino": "runtimes.openvino:OpenVinoRuntime",
+    "executorch": "runtimes.executorch:ExecuTorchRuntime",
+    "ncnn": "runtimes.ncnn:NcnnRuntime",
 }
 _ALIASES = {"ort": "onnxruntime", "tflite": "litert", "pytorch": "torch"}
 

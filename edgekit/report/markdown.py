@@ -79,6 +79,13 @@ def _files(manifest: Manifest) -> list[str]:
 def _ops(manifest: Manifest) -> list[str]:
     lines = ["## Ops", ""]
     for fmt, entry in manifest.files.items():
+        delegation = entry.info.get("delegation")
+        if delegation:  # ExecuTorch: what the XNNPACK partitioner left to the portable kernels
+            left = ", ".join(f"{op} x{n}" for op, n in delegation["portable_by_op"].items()) or "none"
+            lines.append(
+                f"- **{fmt}**: {delegation['xnnpack_subgraphs']} XNNPACK subgraph(s); "
+                f"ops left to ExecuTorch's portable kernels: {left}"
+            )
         ops = entry.info.get("ops")
         if not ops:
             continue

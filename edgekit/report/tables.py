@@ -89,6 +89,20 @@ def print_info(result: dict[str, Any]) -> None:
     )
 
 
+def xnnpack_coverage(info: dict[str, Any]) -> str | None:
+    """What XNNPACK takes of a file: TFLite's delegated ops, or ExecuTorch's partitioning."""
+    xnn, delegation = info.get("xnnpack"), info.get("delegation")
+    if xnn:
+        if xnn["fully_delegated"]:
+            return "all ops"
+        return f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
+    if delegation:
+        if delegation["all_delegated"]:
+            return f"all ops ({delegation['xnnpack_subgraphs']} subgraph)"
+        return f"portable: {', '.join(f'{op} x{n}' for op, n in delegation['portable_by_op'].items())}"
+    return None
+
+
 def print_export(manifest: Manifest) -> None:
     """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
     from edgekit.report import random_weights_note
@@ -100,14 +114,7 @@ def print_export(manifest: Manifest) -> None:
         worst = max((ver[k]["max_rel_err"] for k in ("random", "images") if k in ver), default=None)
         cosine = min((ver[k]["cosine_min"] for k in ("random", "images") if k in ver), default=None)
         agree = ver.get("images", {}).get("top1_agreement")
-        xnn = entry.info.get("xnnpack")
-        xnn_text = (
-            None
-            if not xnn
-            else "all ops"
-            if xnn["fully_delegated"]
-            else f"{xnn['delegated_ops']}/{xnn['ops']} (not: {', '.join(xnn['not_delegated'])})"
-        )
+        xnn_text = xnnpack_coverage(entry.info)
         rows.append(
             [
                 fmt,
