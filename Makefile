@@ -8,7 +8,7 @@ MODEL   ?= mobilenet_v3
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test test-slow bench lint clean pi-rootfs pi-bench docs depthwise guidelines
+.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m edgekit.studies.benchzoo --out bench
+	$(PY) -m edgekit.studies.engines --out docs/engines.md  # every engine side by side (issue #17)
+
+engines: setup
+	$(PY) -m edgekit.studies.engines --out docs/engines.md
 
 lint: setup
 	$(VENV)/bin/ruff check edgekit exporters runtimes calibration tests
