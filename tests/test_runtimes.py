@@ -168,6 +168,14 @@ def test_openvino_runs_fp32_in_fp32_and_int8_in_int8(art):
     assert [op["op"] for op in rt.slow_path(art / "model_int8.onnx")] == ["Reduce (f32)"]
 
 
+def test_openvino_telemetry_is_not_installed():
+    """openvino-telemetry sends usage data from a forked process when a model is read: edgekit
+    installs OpenVINO without it (requirements-nodeps.lock), so nothing leaves the machine."""
+    import importlib.util
+
+    assert importlib.util.find_spec("openvino_telemetry") is None
+
+
 def test_prepare_invoke_is_run(art, x):
     sess = runtimes.get_runtime("onnxruntime").load(art / "model_int8.onnx")
     np.testing.assert_array_equal(sess.finish(sess.invoke(sess.prepare(x[:1]))), sess.run(x[:1]))
