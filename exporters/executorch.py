@@ -64,8 +64,9 @@ def delegation_info(graph_module: Any) -> dict[str, Any]:
 
 
 def _op_name(target: Any) -> str:
+    """``aten.permute_copy.default`` -> ``permute_copy``; Python callables by their name."""
     name = getattr(target, "__name__", str(target))
-    return name.split(".")[0] if name.startswith("aten") else name.removeprefix("aten.")
+    return name.removeprefix("aten.").split(".")[0]
 
 
 def version() -> str:

@@ -34,7 +34,8 @@ def run(
     from edgekit.evaluate import evaluate
     from edgekit.zoo import get_entry
 
-    results = {}
+    saved = out.with_suffix(".json")
+    results = json.loads(saved.read_text()) if saved.is_file() else {}  # other models' rows stay
     for name in models:
         folder = artifacts / name
         if not (folder / "manifest.json").is_file():
