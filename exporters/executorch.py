@@ -64,9 +64,10 @@ def delegation_info(graph_module: Any) -> dict[str, Any]:
 
 
 def _op_name(target: Any) -> str:
-    """``aten.permute_copy.default`` -> ``permute_copy``; Python callables by their name."""
-    name = getattr(target, "__name__", str(target))
-    return name.removeprefix("aten.").split(".")[0]
+    """``aten.permute_copy.default`` -> ``permute_copy`` (namespace and overload dropped);
+    Python callables by their name."""
+    parts = getattr(target, "__name__", str(target)).split(".")
+    return parts[-2] if len(parts) >= 3 else parts[-1]
 
 
 def version() -> str:
