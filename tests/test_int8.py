@@ -112,8 +112,8 @@ def test_int8_runs_and_agrees_with_float(int8_dir, fmt):
     from edgekit.manifest import read_manifest
 
     typed = read_manifest(int8_dir)
-    ref, _ = evaluate.run_local(typed, formats.get("torch"), images, threads=1)
-    out, how = evaluate.run_local(typed, formats.get(fmt), images, threads=1)
+    ref, _ = evaluate.run_local(typed, formats.get("torch"), "torch", images, threads=1)
+    out, how = evaluate.run_local(typed, formats.get(fmt), formats.get(fmt).engine, images, threads=1)
     assert out.shape == ref.shape == (24, 1000)
     cos = verify.cosine(ref, out)
     # Random weights (BN statistics from photos) quantise worse than trained ones: measured mean

@@ -89,7 +89,8 @@ def test_entry_point_plugin(monkeypatch):
         return real(**kw)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake)
-    assert runtimes.runtime_names() == ["torch", "onnxruntime", "litert", "openvino", "echo"]
+    builtin = ["torch", "onnxruntime", "litert", "openvino", "executorch", "ncnn"]
+    assert runtimes.runtime_names() == [*builtin, "echo"]
     assert runtimes.runtimes_for_file("m.echo") == ["echo"]
     sess = runtimes.get_runtime("echo").load("m.echo")
     data = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
