@@ -33,11 +33,18 @@ GATES: dict[str, dict[str, float]] = {
 }
 N_RANDOM = 4
 N_IMAGES = 4
-METHOD = (
-    f"each file in its format's engine (ONNX Runtime CPU, LiteRT + XNNPACK, torch.export), 1 thread, on "
-    f"{N_RANDOM} seeded N(0,1) tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits "
-    "(fp16 files: vs PyTorch with the same fp16-rounded weights)"
-)
+
+
+def method(formats: list[str]) -> str:
+    """How the files of ``formats`` were verified, naming the engines that ran them."""
+    from edgekit.formats import get
+
+    engines = ", ".join(dict.fromkeys(get(name).engine for name in formats))
+    return (
+        f"each file in its format's engine ({engines}), 1 thread, on {N_RANDOM} seeded N(0,1) "
+        f"tensors + {N_IMAGES} built-in photos, vs PyTorch float32 logits "
+        "(fp16 files: vs PyTorch with the same fp16-rounded weights)"
+    )
 
 
 def sample_images(spec: PreprocessSpec, n: int) -> np.ndarray:

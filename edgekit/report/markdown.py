@@ -199,7 +199,7 @@ def _remedy_change(remedy: dict) -> str:
 
 def _verification(manifest: Manifest) -> list[str]:
     """How every file was checked against PyTorch, and where an int8 file computes its definition."""
-    from edgekit.verify import GATES, METHOD
+    from edgekit.verify import GATES, method
 
     used = {e.precision for e in manifest.files.values()}
     gates = "; ".join(
@@ -208,7 +208,8 @@ def _verification(manifest: Manifest) -> list[str]:
     lines = [
         "## Verification against PyTorch",
         "",
-        f"Method: {METHOD}; max rel err = max|out - ref| / max|ref|. Gates: {gates or 'none'} "
+        f"Method: {method(list(manifest.files))}; max rel err = max|out - ref| / max|ref|. "
+        f"Gates: {gates or 'none'} "
         "(int8 files are recorded, not gated: `edgekit eval` judges their accuracy).",
         *fp16_cost(manifest),
     ]

@@ -106,7 +106,7 @@ def xnnpack_coverage(info: dict[str, Any]) -> str | None:
 def print_export(manifest: Manifest) -> None:
     """One row per written file: size, layout, verification against PyTorch, XNNPACK coverage."""
     from edgekit.report import random_weights_note
-    from edgekit.verify import METHOD
+    from edgekit.verify import method
 
     rows = []
     for fmt, entry in manifest.files.items():
@@ -132,7 +132,8 @@ def print_export(manifest: Manifest) -> None:
         ["format", "size", "layout", "max rel err", "cosine min", "top-1 agree", "XNNPACK"],
         rows,
         caption=f"{model['params']:,} params, {model['macs']:,} MACs at {manifest.input['shape']}. "
-        f"Verified: {METHOD}; max rel err = max|out-ref| / max|ref|." + random_weights_note(manifest),
+        f"Verified: {method(list(manifest.files))}; max rel err = max|out-ref| / max|ref|."
+        + random_weights_note(manifest),
     )
 
 
