@@ -34,9 +34,11 @@ def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bo
     if proto is None:
         raise conversion_error("onnx", error, log[0]) from error
     proto = _simplify_and_check(proto)
+    pools = global_average_pools(proto)
     onnx.save(proto, out_path, save_as_external_data=False)
     info = {
         "exporter": route,
+        "rewrites": {"ReduceMean(H, W) -> GlobalAveragePool": pools} if pools else {},
         "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         **io_details(proto),
         "ops": op_histogram(proto),
@@ -113,6 +115,42 @@ def _simplify_and_check(proto: Any) -> Any:
             f"onnx: the exported graph fails onnx's checker: {first}",
             "report it with the `--debug` output; use --formats tflite meanwhile",
         ) from exc
+
+
+def global_average_pools(proto: Any) -> int:
+    """Rewrite, in place, every keep-dims ReduceMean over H and W of a 4-D tensor (what the dynamo
+    exporter makes of ``AdaptiveAvgPool2d(1)`` and ``x.mean((2, 3), keepdim=True)``) into
+    GlobalAveragePool, the same function. ONNX Runtime's int8 kernels have QLinearGlobalAveragePool
+    but no int8 ReduceMean: left as it is, every squeeze-excitation pool runs in float32 between a
+    DequantizeLinear and a QuantizeLinear. Returns how many were rewritten."""
+    from onnx import numpy_helper
+
+    constants = {init.name: init for init in proto.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*proto.graph.value_info, *proto.graph.input]}
+    rewritten = 0
+    for node in proto.graph.node:
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "keepdims" in attrs and attrs["keepdims"].i == 0:
+            continue
+        if len(node.input) > 1 and node.input[1] in constants:  # opset >= 18: axes is an input
+            axes = numpy_helper.to_array(constants[node.input[1]]).tolist()
+        elif "axes" in attrs:
+            axes = list(attrs["axes"].ints)
+        else:
+            continue
+        if sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.input[1:]
+        del node.attribute[:]
+        rewritten += 1
+    used = {name for node in proto.graph.node for name in node.input}
+    unused = [init for init in proto.graph.initializer if init.name not in used]
+    for init in unused:  # the axes constants
+        proto.graph.initializer.remove(init)
+    return rewritten
 
 
 def op_histogram(proto: Any) -> dict[str, int]:

@@ -289,3 +289,27 @@ def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> N
     assert "HARD_SWISH x3" in slower[0]["why"]
     faster = int8_vs_fp32([result("tflite-fp32", "fp32", 2.0), result("tflite-int8", "int8", 1.0)], jobs)
     assert faster[0]["int8_faster"] and "why" not in faster[0]
+
+
+def test_onnx_mean_pools_become_global_average_pools(tmp_path: Path) -> None:
+    """``mean((2, 3), keepdim=True)`` and ``AdaptiveAvgPool2d(1)`` export as ReduceMean, which ONNX
+    Runtime has no int8 kernel for; rewritten they run as QLinearGlobalAveragePool."""
+    import onnx
+    import onnxruntime as ort
+
+    from calibration import onnx_int8
+    from exporters import onnx as onnx_exporter
+
+    net, calib = _mixed_net(), _calib()
+    info = onnx_exporter.export(net, torch.from_numpy(calib[:1]), tmp_path / "m.onnx")
+    assert info["rewrites"] == {"ReduceMean(H, W) -> GlobalAveragePool": 2}
+    assert info["ops"]["GlobalAveragePool"] == 2 and "ReduceMean" not in info["ops"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"input": x[None]})[0] for x in calib])
+    with torch.no_grad():
+        ref = net(torch.from_numpy(calib)).numpy()
+    # Same function: only the summation order of 32x32 float32 values may differ.
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
+    assert onnx_int8.fused_ops(tmp_path / "q.onnx").get("QLinearGlobalAveragePool") == 2
+    assert not any(n.op_type == "ReduceMean" for n in onnx.load(tmp_path / "q.onnx").graph.node)
