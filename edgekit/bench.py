@@ -43,7 +43,8 @@ MIN_RUNS = 10
 MAX_RUNS = 100_000
 SEED = 0
 PROFILE_RUNS = 50
-OP_TIME_RUNS = 20  # profiled runs behind the int8-vs-float32 explanation
+OP_TIME_RUNS = 20
+LOAD_WINDOW_S = 0.5  # /proc/stat counts in clock ticks (10 ms): shorter windows say nothing  # profiled runs behind the int8-vs-float32 explanation
 
 
 @dataclass
@@ -95,6 +96,9 @@ class BenchRow:
     efficiency: float | None = None
     load_ms: float | None = None
     rss_delta_mb: float | None = None
+    cpu_per_wall: float | None = None  # process CPU seconds per wall second over the timed runs
+    load_avg: float | None = None  # the host's 1-minute load average before the timed runs
+    others_cpu: float | None = None  # other processes' CPU seconds per wall second meanwhile
     note: str | None = None
     profile: dict[str, Any] | None = None
     latencies_ms: list[float] = field(default_factory=list)
@@ -106,7 +110,16 @@ class BenchRow:
         return data
 
 
-_ALWAYS = {"gmacs_per_s", "peak_gmacs_per_s", "efficiency", "rss_delta_mb", "first_ms", "throughput", "macs"}
+_ALWAYS = {
+    "others_cpu",
+    "gmacs_per_s",
+    "peak_gmacs_per_s",
+    "efficiency",
+    "rss_delta_mb",
+    "first_ms",
+    "throughput",
+    "macs",
+}
 
 
 @dataclass
@@ -183,6 +196,7 @@ def bench(
     if not results:
         reasons = "; ".join(f"{s['format'] or 'any'}/{s['runtime']}: {s['reason']}" for s in skipped)
         raise ArtifactError(f"nothing in {path} could be benchmarked ({reasons})", "re-export the files")
+    flag_thread_scaling(results)
     result = BenchResult(machine.facts(), target, method(), results, skipped, int8_vs_fp32(results, jobs))
     if out_file:
         write_json(out_file, result.to_dict())
@@ -236,6 +250,9 @@ def method() -> dict[str, str]:
         "VmRSS before load, same process",
         "efficiency": "manifest MACs / p50, over the peak GEMM rate timed in ONNX Runtime in this run "
         "(float32 MatMul or uint8 x int8 MatMulInteger, same threads)",
+        "host load": "during the timed runs: this process's CPU-s per wall s (cpu_per_wall), other "
+        "processes' CPU-s per wall s from /proc/stat (others_cpu) and the 1-min load average before; a "
+        "row slower with more threads than with 1 is flagged with the reason those figures give",
     }
 
 
@@ -324,11 +341,12 @@ def measure(
     native = sess.prepare(bench_input(sess, job))
     first_ms = time_calls(lambda: sess.invoke(native), 1)[0]
     warmed = _warm_up(sess, native, warmup)
-    latencies = _timed_runs(sess, native, runs, min_time)
+    latencies, load = _timed_under_load(sess, native, runs, min_time)
     rss_delta = (_status_kb("VmHWM") - rss_before) / 1024 if tracked and rss_before else None
     row = _row(job, threads, latencies, warmed, first_ms, sess.describe())
     row.load_ms = round(load_ms, 3)
     row.rss_delta_mb = None if rss_delta is None else round(rss_delta, 2)
+    row.cpu_per_wall, row.others_cpu, row.load_avg = load
     if profile:
         row.profile = runtime.profile(job.path, threads, native, PROFILE_RUNS, job.fmt.precision)
     return row
@@ -400,6 +418,24 @@ def _warm_up(sess: Any, native: Any, warmup: int | None) -> int:
             break
         previous = median
     return done
+
+
+def _timed_under_load(
+    sess: Any, native: Any, runs: int | None, min_time: float
+) -> tuple[list[float], tuple[float, float | None, float]]:
+    """The timed runs, and how the host was shared meanwhile: (this process's CPU-s per wall s,
+    other processes' CPU-s per wall s, 1-minute load average before)."""
+    load_avg = os.getloadavg()[0]
+    host_before, cpu_before, wall_before = _host_busy_s(), time.process_time(), time.perf_counter()
+    latencies = _timed_runs(sess, native, runs, min_time)
+    wall = time.perf_counter() - wall_before
+    own = (time.process_time() - cpu_before) / wall
+    host_after = _host_busy_s()
+    others = None
+    if host_before is not None and host_after is not None and wall >= LOAD_WINDOW_S:
+        cores = os.cpu_count() or 1
+        others = round(min(max((host_after - host_before) / wall - own, 0.0), cores), 3)
+    return latencies, (round(own, 3), others, round(load_avg, 2))
 
 
 def _timed_runs(sess: Any, native: Any, runs: int | None, min_time: float) -> list[float]:
@@ -476,6 +512,42 @@ def _row(
     _efficiency(row, local=remote is None)
     row.measured = _measured_note(row)
     return row
+
+
+def flag_thread_scaling(rows: list[BenchRow]) -> None:
+    """A row with more threads but a higher p50 than the same file's 1-thread row gets a note with
+    the measured reason: the host was busy (load average before the run), the engine's threads did
+    not get the cores (process CPU time per wall second), or neither (the work is too small to split)."""
+    single = {(r.format, r.runtime, r.target): r for r in rows if r.threads == 1}
+    cores = os.cpu_count() or 1
+    for row in rows:
+        one = single.get((row.format, row.runtime, row.target))
+        if one is None or row.threads == 1 or row.p50_ms <= one.p50_ms:
+            continue
+        slower = f"{row.threads} threads slower than 1 (p50 {row.p50_ms:.3g} vs {one.p50_ms:.3g} ms)"
+        if row.others_cpu is not None and row.others_cpu + row.threads > cores + 0.25:
+            reason = (
+                f"host busy: other processes used {row.others_cpu:.2f} of {cores} cores during the runs "
+                f"(load average {row.load_avg:.2f}); re-run on an idle host"
+            )
+        elif row.cpu_per_wall is not None and row.cpu_per_wall < 0.75 * min(row.threads, cores):
+            reason = (
+                f"the threads did not get the cores: {row.cpu_per_wall:.2f} CPU-s per s "
+                f"for {row.threads} threads (another process had them)"
+            )
+        else:
+            reason = "the cores were free: the engine's split costs more than it saves at this size"
+        row.note = "; ".join(filter(None, [row.note, f"{slower}: {reason}"]))
+
+
+def _host_busy_s() -> float | None:
+    """CPU seconds the whole host has spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _efficiency(row: BenchRow, local: bool) -> None:

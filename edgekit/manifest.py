@@ -338,6 +338,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     labels: list[str] | None = None  # class names in output order (None: unknown)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per export step
     schema: int = SCHEMA
     created: str = field(default_factory=lambda: now())
     updated: str | None = None
@@ -358,6 +359,8 @@ class Manifest:
             data["calibration"] = self.calibration
         if self.labels is not None:
             data["labels"] = self.labels
+        if self.timings:
+            data["timings"] = self.timings
         if self.updated:
             data["updated"] = self.updated
         if self.folder:
@@ -375,6 +378,7 @@ class Manifest:
             files={name: FileEntry.from_dict(e) for name, e in data.get("files", {}).items()},
             calibration=data.get("calibration"),
             labels=data.get("labels"),
+            timings=data.get("timings", {}),
             schema=data.get("schema", SCHEMA),
             created=data.get("created", ""),
             updated=data.get("updated"),

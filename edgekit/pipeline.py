@@ -10,6 +10,7 @@ swapped in only when all steps passed, so a failed export leaves an earlier good
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,7 @@ def export(
             with steps.step("manifest.json + report.md"):
                 from edgekit.report import write_report
 
+                manifest.timings.update(steps.times)
                 write_manifest(stage, manifest)
                 write_report(stage)
         manifest.folder = str(out)
@@ -159,13 +161,17 @@ def _write(
         dynamic_batch=dynamic,
         int8=int8,
     )
+    start = time.perf_counter()
     info = fmt.load_writer()(request)
+    wrote = time.perf_counter()
     ranges = info.pop("activation_ranges", None)
     if "exactness" in info:
         info["exactness"] = exactness_paths(info["exactness"])
     result = checker.verify(request.path, fmt)
     check(fmt.name, result)
     manifest.files[fmt.name] = FileEntry.of(stage, fmt, info, result)
+    manifest.timings[f"{fmt.name}: write"] = round(wrote - start, 2)
+    manifest.timings[f"{fmt.name}: verify"] = round(time.perf_counter() - wrote, 2)
     return ranges or {}
 
 
@@ -175,7 +181,9 @@ def _write_int8(
     """One calibration for every int8 format; each file verified against its own remedied model."""
     from calibration import int8
 
+    start = time.perf_counter()
     prepared = int8.prepare(built.model, built.spec, config, int8s, checker.inputs["images"][:1])
+    manifest.timings["int8: calibration set + remedies"] = round(time.perf_counter() - start, 2)
     for fmt in int8s:
         model, request = prepared.requests[fmt.name]
         ranges = _write(fmt, stage, manifest, model, checker.for_model(model), int8=request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,37 @@ def test_latency_stats():
     assert stats["p50_ms"] == 1.0 and stats["max_ms"] == 3.0 and stats["runs"] == 10
     assert stats["cv"] == pytest.approx(np.std([1.0] * 9 + [3.0]) / 1.2, abs=1e-4)
     assert stats["unstable"] is True
+
+
+def test_host_load_is_measured(report):
+    for r in report["results"]:
+        # One thread of work: the process ran at most ~1 CPU-s per s plus the engine's helpers.
+        assert 0 < r["cpu_per_wall"] <= r["threads"] + 0.5
+        # 25 runs of a 32 px net last < 0.5 s: too short for /proc/stat's 10 ms ticks.
+        assert r["others_cpu"] is None
+        assert r["load_avg"] >= 0
+
+
+def _row(threads: int, p50: float, own: float, others: float | None) -> bench_mod.BenchRow:
+    stats = bench_mod.latency_stats([p50] * 10)
+    return bench_mod.BenchRow(
+        format="onnx-fp32", runtime="onnxruntime", target="local", threads=threads, file="m.onnx",
+        precision="fp32", **stats, warmup=0, first_ms=None, throughput=None, size_bytes=1, macs=None,
+        runtime_version=None, provider="", input_dtype=None, emulated=False, cpu=None,
+        cpu_per_wall=own, others_cpu=others, load_avg=1.0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("own", "others", "reason"),
+    [
+        (1.9, (os.cpu_count() or 1), "host busy"),
+        (1.0, 0.0, "did not get the cores"),
+        (1.95, 0.0, "split costs more than it saves"),
+    ],
+)
+def test_more_threads_slower_is_flagged_with_its_reason(own, others, reason):
+    rows = [_row(1, 5.0, 1.0, 0.0), _row(2, 6.0, own, others), _row(4, 4.0, own, others)]
+    bench_mod.flag_thread_scaling(rows)
+    assert rows[0].note is None and rows[2].note is None  # faster with more threads: no flag
+    assert "2 threads slower than 1" in rows[1].note and reason in rows[1].note

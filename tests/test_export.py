@@ -293,3 +293,15 @@ def test_zoo_exports_and_verifies(name: str, tmp_path: Path) -> None:
     manifest = pipeline.export(name, out_dir=tmp_path / name, resolution=64)
     assert set(manifest.files) == set(EXPECTED_FILES)
     assert all(e.verification["passed"] for e in manifest.files.values())
+
+
+def test_manifest_records_each_steps_time(small_artifact: Path) -> None:
+    from edgekit.manifest import read_manifest
+
+    manifest = read_manifest(small_artifact)
+    times = manifest.timings
+    for name, entry in manifest.files.items():
+        step = times[f"{name} ({entry.path})"]
+        inner = times[f"{name}: write"] + times[f"{name}: verify"]
+        assert 0 < inner <= step + 0.02  # write and verify happen inside the step (2 decimals each)
+    assert times["build mobilenet_v2"] > 0
