@@ -43,8 +43,8 @@ MIN_RUNS = 10
 MAX_RUNS = 100_000
 SEED = 0
 PROFILE_RUNS = 50
-OP_TIME_RUNS = 20
-LOAD_WINDOW_S = 0.5  # /proc/stat counts in clock ticks (10 ms): shorter windows say nothing  # profiled runs behind the int8-vs-float32 explanation
+OP_TIME_RUNS = 20  # profiled runs behind the int8-vs-float32 explanation
+LOAD_WINDOW_S = 0.5  # /proc/stat counts in clock ticks (10 ms): shorter windows say nothing
 
 
 @dataclass
