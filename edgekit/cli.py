@@ -245,12 +245,34 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 )
 @click.option("--no-xnnpack", is_flag=True, help="LiteRT without the XNNPACK delegate.")
 @click.option("--profile", is_flag=True, help="Per-op-type time from the runtimes' profilers.")
+@click.option(
+    "--peers", is_flag=True, help="Time the int8 files against the peers' default int8 files, interleaved."
+)
+@click.option(
+    "--data", type=click.Path(exists=True), help="With --peers: images for agreement (default: built-in)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
-def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **options: Any) -> None:
+def bench(
+    path: str,
+    runtimes: str | None,
+    threads: str,
+    as_json: bool,
+    peers: bool,
+    data: str | None,
+    **options: Any,
+) -> None:
     """Latency of an artifact folder or model file: percentiles, CV, memory, efficiency."""
     from edgekit import bench as bench_mod
     from edgekit.report import tables
+
+    if peers:
+        from edgekit import peers as peers_mod
+
+        for n in _ints(threads):
+            compared = peers_mod.compare(path, threads=n, data=data)
+            emit_json(compared) if as_json else tables.print_peers(compared)
+        return
 
     result = bench_mod.bench(
         path,

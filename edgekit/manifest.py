@@ -435,7 +435,7 @@ def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
     return write_json(Path(folder) / MANIFEST, data)
 
 
-RESULT_FILES = {"eval": "eval.json", "bench": "bench.json"}
+RESULT_FILES = {"eval": "eval.json", "bench": "bench.json", "peers": "peers.json"}
 
 
 def record_result(folder: str | os.PathLike[str], key: str, result: Any) -> Path | None:

@@ -226,6 +226,30 @@ def _ms(value: float) -> float:
     return round(value, 3) if value < 10 else round(value, 1)
 
 
+def print_peers(result: dict[str, Any]) -> None:
+    """edgekit's int8 file against the peer's, per engine: p50s, their ratio, agreement, size."""
+    cols = ["engine", "thr", "edgekit", "peer", "edgekit p50", "peer p50", "ratio", "agree", "peer agree"]
+    rows = [
+        [
+            r["runtime"],
+            r["threads"],
+            r["ours"],
+            r["peer"],
+            _ms(r["ours_p50_ms"]),
+            _ms(r["peer_p50_ms"]),
+            r["ratio"],
+            f"{r['ours_agreement']:.1%}",
+            f"{r['peer_agreement']:.1%}",
+        ]
+        for r in result["rows"]
+    ]
+    cpu = result["machine"]["cpu"]
+    caption = f"ms per inference; ratio = edgekit p50 / peer p50; {result['method']}; {cpu}"
+    render("edgekit bench --peers", cols, rows, caption)
+    for r in result["rows"]:
+        console.print(f"{r['peer']}: {r['recipe']}")
+
+
 def print_estimate(result: dict[str, Any]) -> None:
     """Estimated per-layer latency (executed layers only; BN/activations are fused), then the total."""
     dev = result["device_profile"]
