@@ -96,7 +96,55 @@ def int8_friendly_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     return model, int8_friendly(model)
 
 
-# --- PT2E (litert-torch int8): the element-wise ops its annotators miss -----------------------------
+# --- Exported graphs (litert-torch int8) ----------------------------------------------------------
+
+NON_NEGATIVE = ("relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_")
 
 
-__all__ = ["HardSigmoidDecomposed", "HardSwishDecomposed", "int8_friendly", "int8_friendly_copy"]
+def zero_padded_max_pools(graph: Any) -> int:
+    """Rewrite, in place, every padded ``max_pool2d`` of an exported graph module whose input comes
+    straight from a ReLU/ReLU6 into an explicit zero ``constant_pad_nd`` and an unpadded pool.
+
+    PyTorch pads a max pool with -inf, which litert-torch writes as PADV2 with the lowest value:
+    XNNPACK does not take PADV2, so the stem pool of ShuffleNets and ResNeXts splits the int8 graph
+    in two partitions. After a ReLU every value is >= 0 and every 3x3/pad-1 window holds at least
+    one of them, so padding with 0 gives the same maxima exactly (a plain PAD, which XNNPACK runs).
+    Returns how many pools were rewritten.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.max_pool2d.default:
+            continue
+        x, kernel, stride, padding, *rest = [*node.args, [0, 0]][:4] + list(node.args[4:])
+        padding = [padding[0], padding[-1]]
+        ceil_mode = len(rest) > 1 and rest[1]  # an extra window may then start in the padding
+        if not any(padding) or ceil_mode or not _non_negative(x):
+            continue
+        with graph.graph.inserting_before(node):
+            pads = [padding[1], padding[1], padding[0], padding[0]]  # W left/right, H top/bottom
+            padded = graph.graph.call_function(aten.constant_pad_nd.default, (x, pads, 0.0))
+        node.args = (padded, kernel, stride, [0, 0], *rest)
+        rewritten += 1
+    graph.recompile()
+    return rewritten
+
+
+def _non_negative(node: Any) -> bool:
+    """The node is a ReLU, or a hardtanh (ReLU6) whose lower bound is >= 0."""
+    if node.op != "call_function":
+        return False
+    name = getattr(node.target, "__name__", "").split(".")[0]
+    low = node.args[1] if name.startswith("hardtanh") and len(node.args) > 1 else 0.0
+    return name in NON_NEGATIVE and low >= 0
+
+
+__all__ = [
+    "HardSigmoidDecomposed",
+    "HardSwishDecomposed",
+    "int8_friendly",
+    "int8_friendly_copy",
+    "zero_padded_max_pools",
+]

@@ -313,3 +313,39 @@ def test_onnx_mean_pools_become_global_average_pools(tmp_path: Path) -> None:
     onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
     assert onnx_int8.fused_ops(tmp_path / "q.onnx").get("QLinearGlobalAveragePool") == 2
     assert not any(n.op_type == "ReduceMean" for n in onnx.load(tmp_path / "q.onnx").graph.node)
+
+
+class _Stem(nn.Module):
+    """ShuffleNet's stem: conv -> ReLU -> 3x3/2 max pool with padding 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.pool, self.head = nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.relu(self.conv(x)))).mean((2, 3))
+
+
+def test_max_pool_after_relu_is_zero_padded_exactly() -> None:
+    from exporters.rewrites import zero_padded_max_pools
+
+    net, x = _Stem().eval(), torch.from_numpy(_calib())
+    graph = torch.export.export(net, (x[:1],)).module()
+    assert zero_padded_max_pools(graph) == 1
+    with torch.no_grad():
+        assert torch.equal(graph(x[:1]), net(x[:1]))  # max over >= 0 values: 0 pads change nothing
+    unpadded = torch.export.export(nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(3, 2, padding=1)), (x[:1],))
+    assert zero_padded_max_pools(unpadded.module()) == 0  # no ReLU before it: -inf padding matters
+
+
+def test_tflite_int8_stem_pool_is_delegated(tmp_path: Path) -> None:
+    """The -inf padded pool was PADV2, which XNNPACK does not take: one extra partition."""
+    from calibration import tflite_int8
+
+    info = tflite_int8.quantize_tflite(_Stem().eval(), tmp_path / "stem.tflite", _calib(), method="minmax")
+    assert info["rewrites"] == {"max_pool2d(-inf pad) -> PAD(0) + max_pool2d": 1}
+    ops = _litert_ops(tmp_path / "stem.tflite")
+    assert "PADV2" not in [op["op_name"] for op in ops]
+    assert [op["op_name"] for op in ops if not op["delegated"]] == []
