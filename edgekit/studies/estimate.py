@@ -489,7 +489,7 @@ def fit(data: list[Sample]) -> Constants:
     return Constants(*(float(v) for v in np.exp(result.x)))
 
 
-def errors(data: list[Sample], constants: Constants) -> list[dict[str, Any]]:
+def errors(data: list[Sample], constants: Constants = FITTED) -> list[dict[str, Any]]:
     """(estimate - published) / published of each sample, with the kinds' shares of the estimate."""
     rows = []
     for s in data:
