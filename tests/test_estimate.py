@@ -210,7 +210,7 @@ def test_cli_bad_spec_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "bandwidth_gbs" in lines[0], result.stderr
 
 
-def test_cli_spec_file_json_and_table(tmp_path: Path) -> None:
+def test_cli_spec_file_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _zoo()
     board = replace(DEVICES["rk3566"], name="my-board", label="my RK3566 board")
     (tmp_path / "board.json").write_text(json.dumps(asdict(board)))
