@@ -26,6 +26,7 @@ PLAIN = estimate.Constants(
     cache_bytes_per_mac=1.0,
     parallel=1.0,
     in_order=0.5,
+    int8=0.5,
 )
 
 
@@ -79,6 +80,8 @@ def test_armv82_cores_compute_fp32_models_in_fp16_and_in_order_cores_are_slower(
     in_order = replace(TOY, core="Cortex-A53")
     assert in_order.in_order and not TOY.in_order and replace(TOY, core="A55").in_order
     assert math.isclose(_one("pointwise", 10**9, 0, in_order)["compute"], base / PLAIN.in_order)
+    # int8: 16 MACs/cycle x the int8 factor 0.5 = twice the fp32 rate of this core.
+    assert math.isclose(_one("pointwise", 10**9, 0, precision="int8")["compute"], base / 2)
 
 
 def test_fused_layers_cost_nothing() -> None:
@@ -240,30 +243,33 @@ def test_cli_spec_file_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.fixture(scope="module")
-def held_out() -> list[dict]:
+def held_out() -> dict[str, list[dict]]:
     _zoo()
     return estimate.leave_one_device_out()
 
 
 def test_published_table_is_complete() -> None:
     table = estimate.published_table()
-    fitted = [row for row in table if row.device in estimate.FIT_DEVICES]
+    fitted = [row for row in table if row.device in estimate.FIT_DEVICES and row.precision == "fp32"]
     assert len(fitted) == len(estimate.FIT_DEVICES) * 2 * len(estimate.NETWORKS) == 154
+    int8 = {row.network for row in table if row.precision == "int8"}
+    assert int8 == {"squeezenet", "mobilenet"}
     assert {row.device for row in table} == set(estimate.FIT_DEVICES) | set(estimate.CHECK_DEVICES)
     assert all(row.device in DEVICES and row.network in estimate.NETWORKS and row.ms > 0 for row in table)
 
 
-def test_leave_one_device_out_error(held_out: list[dict]) -> None:
+def test_leave_one_device_out_error(held_out: dict[str, list[dict]]) -> None:
     """Issue #19: median |error| <= 35% on every fitted device when that device is left out."""
-    per_device = estimate.by_device(held_out)
+    per_device = estimate.by_device(held_out["fp32"])
     assert set(per_device) == set(estimate.FIT_DEVICES)
     for device, errors in per_device.items():
         assert errors["median_abs_pct"] <= 35, (device, errors)
         # The stored figures the CLI prints are this computation's (up to the fit's tolerance).
         assert errors["median_abs_pct"] == pytest.approx(estimate.EXPECTED_ERROR[device], abs=0.5), device
-    assert estimate.median_abs(held_out) == pytest.approx(estimate.EXPECTED_ERROR["overall"], abs=0.5)
-    kinds = estimate.by_kind(held_out)
-    assert set(kinds) == set(estimate.BREAKDOWN)
+    assert estimate.median_abs(held_out["fp32"]) == pytest.approx(estimate.EXPECTED_ERROR["overall"], abs=0.5)
+    assert set(estimate.by_kind(held_out["fp32"])) == set(estimate.BREAKDOWN)
+    # int8 (two networks, one extra constant): looser, measured 20.1% overall; RK3568 is the outlier.
+    assert estimate.median_abs(held_out["int8"]) <= 25
 
 
 def test_boards_never_fitted() -> None:
@@ -276,6 +282,6 @@ def test_boards_never_fitted() -> None:
 
 def test_stored_constants_are_the_fit() -> None:
     _zoo()
-    refit = estimate.fit(estimate.samples())
+    refit = estimate.fit(estimate.samples(), estimate.samples(precision="int8"))
     for name in estimate.NAMES:
         assert math.isclose(getattr(refit, name), getattr(estimate.FITTED, name), rel_tol=0.02), name
