@@ -248,10 +248,11 @@ def print_estimate(result: dict[str, Any]) -> None:
     total = f"{result['total_ms']:.2f} ± {result['expected_error_pct']:.0f}%"
     rows.append(["total (estimate)", "", result["macs"], None, None, None, None, total, ""])
     published = result["published"]
-    beside = [
-        f"Published: {published['ms']} ms ({published['source']}); estimate {published['error_pct']:+.1f}%."
-    ]
-    beside = beside if published else []
+    beside = (
+        [f"Published: {published['ms']} ms ({published['source']}); estimate {published['error_pct']:+.1f}%."]
+        if published
+        else []
+    )
     beside += [
         f"Measured on {m['target']} ({m['format']}/{m['runtime']}, p50): {m['p50_ms']} ms; "
         f"estimate {m['estimate_vs_measured_pct']:+.1f}%."

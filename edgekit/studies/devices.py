@@ -190,7 +190,9 @@ def device_from_spec(path: str | os.PathLike[str]) -> Device:
             f"cannot read device spec {os.fspath(path)!r}: {exc}", "give a readable JSON file"
         ) from None
     except json.JSONDecodeError as exc:
-        raise UsageError(f"device spec {os.fspath(path)!r} is not JSON: {exc}", fix) from None
+        raise UsageError(
+            f"device spec {os.fspath(path)!r} is not JSON: {exc}", "fix the JSON syntax"
+        ) from None
     if not isinstance(data, dict):
         raise UsageError(f"device spec {os.fspath(path)!r} holds a {type(data).__name__}, not an object", fix)
     return device_from_dict(data, source=os.fspath(path))
@@ -204,7 +206,7 @@ def device_from_dict(data: dict[str, Any], source: str = "device spec") -> Devic
         )
     missing = [key for key in SPEC_KEYS if key not in data]
     if missing:
-        raise UsageError(f"{source}: missing key {missing[0]!r}", f"add it ({_what(missing[0])})")
+        raise UsageError(f"{source}: missing key {missing[0]!r}", f"add it: {_what(missing[0])}")
     for key, types in _TYPES.items():
         value = data[key]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):

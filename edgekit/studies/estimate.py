@@ -585,6 +585,18 @@ def by_device(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def by_network(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median |error| and median signed error per network."""
+    return {
+        network: {
+            "median_abs_pct": median_abs(mine),
+            "median_pct": round(statistics.median(r["error_pct"] for r in mine), 1),
+        }
+        for network in dict.fromkeys(r["network"] for r in rows)
+        if (mine := [r for r in rows if r["network"] == network])
+    }
+
+
 def by_kind(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per layer kind: its median share of the estimate, and how far off its time is.
 
@@ -621,6 +633,7 @@ def report(fit_again: bool = False) -> dict[str, Any]:
             "check": summary(errors(samples(CHECK_DEVICES, precision), constants)),
         }
     out["fp32"]["by_kind"] = by_kind(held_out["fp32"])
+    out["fp32"]["by_network"] = by_network(held_out["fp32"])
     return out
 
 
@@ -657,6 +670,10 @@ def _main() -> None:
     print("|---|---:|---:|---:|")
     for kind, e in result["fp32"]["by_kind"].items():
         print(f"| {kind} | {e['median_share_pct']}% | {e['max_share_pct']}% | {e['error_pct']:+.1f}% |")
+    print("\n| ncnn network | zoo model | median abs error (held out) | median error |")
+    print("|---|---|---:|---:|")
+    for network, e in result["fp32"]["by_network"].items():
+        print(f"| {network} | {NETWORKS[network][0]} | {e['median_abs_pct']}% | {e['median_pct']:+.1f}% |")
     expected = {d: e["median_abs_pct"] for d, e in result["fp32"]["lodo"]["devices"].items()}
     print("EXPECTED_ERROR =", {**expected, "overall": result["fp32"]["lodo"]["median_abs_pct"]})
 
