@@ -229,14 +229,14 @@ def test_cli_spec_file_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixt
         data["total_ms"] == preset["total_ms"] and data["device"] == "my-board" and data["estimate"] is True
     )
     assert data["expected_error_pct"] == estimate.EXPECTED_ERROR["overall"]  # not a fitted board
-    table = _cli("mobilenet_v2", "--device", "rpi4", "--threads", "4")
-    assert table.returncode == 0, table.stderr
-    assert (
-        "ESTIMATE" in table.stdout
-        and "not a measurement" in table.stdout
-        and "Expected error" in table.stdout
-    )
-    assert "Published: 61.63 ms" in table.stdout and "total (estimate)" in table.stdout
+    from edgekit.report import tables
+
+    tables.print_estimate(estimate.estimate("mobilenet_v2", device="rpi4", threads=4))
+    table = capsys.readouterr().out
+    assert "ESTIMATE" in table and "not a measurement" in table and "Expected error" in table
+    assert "Published: 61.63 ms" in table and "total (estimate)" in table
+    tables.print_estimate(estimate.estimate("mobilenet_v2", device=board, threads=4))  # nothing published
+    assert "Published" not in capsys.readouterr().out
 
 
 # --- the fit -----------------------------------------------------------------------------------
