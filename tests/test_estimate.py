@@ -274,10 +274,10 @@ def test_leave_one_device_out_error(held_out: dict[str, list[dict]]) -> None:
 
 def test_boards_never_fitted() -> None:
     _zoo()
-    for device, errors in estimate.by_device(
-        estimate.errors(estimate.samples(estimate.CHECK_DEVICES))
-    ).items():
+    rows = estimate.errors(estimate.samples(estimate.CHECK_DEVICES))
+    for device, errors in estimate.by_device(rows).items():
         assert errors["median_abs_pct"] <= 35, (device, errors)
+    assert estimate.median_abs(rows) == pytest.approx(estimate.NEVER_FITTED_ERROR, abs=0.5)
 
 
 def test_stored_constants_are_the_fit() -> None:
