@@ -143,6 +143,7 @@ def test_measured_rows_beside_the_estimate(tmp_path: Path) -> None:
         {**row, "target": "pi4-emu", "emulated": True},  # emulated: not a device time
         {**row, "target": "local", "emulated": False},
         {**row, "target": "ssh:pi@pi5", "emulated": False, "threads": 1},
+        {**row, "target": "ssh:pi@pi5", "emulated": False, "macs": 56_000_000},  # another network
     ]
     (tmp_path / "bench.json").write_text(json.dumps({"results": rows}))
     result = estimate.estimate("mobilenet_v2", device="rpi5", threads=4, measured=tmp_path)

@@ -278,7 +278,11 @@ def estimate(
         "macs": info["macs"],
         "layers": layers,
         "published": published_figure(info, dev, threads, precision, total),
-        "measured": [{**row, "estimate_vs_measured_pct": _pct(total, row["p50_ms"])} for row in bench or []],
+        "measured": [
+            {**row, "estimate_vs_measured_pct": _pct(total, row["p50_ms"])}
+            for row in bench or []
+            if row["macs"] is None or abs(row["macs"] / info["macs"] - 1) < 0.01  # the same network
+        ],
         "method": "ESTIMATE, not a measurement: per-layer model of the device's spec sheet, constants "
         "shared by all devices, fitted on ncnn's published tables of 11 boards",
     }
@@ -391,6 +395,7 @@ def load_measured(path: str | os.PathLike[str], threads: int, precision: str) ->
             "runtime": row.get("runtime"),
             "cpu": row.get("cpu"),
             "p50_ms": row["p50_ms"],
+            "macs": row.get("macs"),
         }
         for row in rows
         if isinstance(row, dict)
