@@ -283,8 +283,8 @@ def estimate(
             for row in bench or []
             if row["macs"] is None or abs(row["macs"] / info["macs"] - 1) < 0.01  # the same network
         ],
-        "method": "ESTIMATE, not a measurement: per-layer model of the device's spec sheet, constants "
-        "shared by all devices, fitted on ncnn's published tables of 11 boards",
+        "method": "ESTIMATE, not a measurement: ncnn's latency modelled per layer from the device's spec "
+        "sheet, constants shared by all devices, fitted on ncnn's published tables of 11 boards",
     }
 
 
