@@ -8,7 +8,7 @@ MODEL   ?= mobilenet_v3
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines
+.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines estimate-fit
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ pi-bench: setup pi-rootfs
 	$(PY) -m edgekit.studies.pibench --out bench/pi
 
 docs: depthwise guidelines
+
+# Re-fits the latency estimate on ncnn's published tables; prints the leave-one-device-out errors (~30 s).
+estimate-fit: setup
+	$(PY) -m edgekit.studies.estimate --fit
 
 depthwise: setup
 	$(PY) -m edgekit.studies.depthwise_doc --out docs/depthwise.md

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from edgekit.errors import EdgekitError, UsageError
+from edgekit.studies.devices import DEVICES
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -88,18 +89,30 @@ def info(name: str, width: float | None, resolution: int | None, groups: int | N
 @click.option("--width", type=float, help="Width multiplier.")
 @click.option("--resolution", type=int, help="Input side in pixels (default: the model's).")
 @click.option("--groups", type=int, help="ShuffleNetV1's groups; CondenseNet's G=C.")
+@click.option("--device", type=click.Choice(list(DEVICES)), help="A device profile (default: rpi4).")
 @click.option(
-    "--device", type=click.Choice(["rpi3", "rpi4", "rpi5", "phone"]), default="rpi4", show_default=True
+    "--device-spec",
+    type=click.Path(dir_okay=False),
+    help="Your board's spec sheet as JSON (the keys of a profile; docs/estimate.md).",
 )
 @click.option("--threads", type=int, help="Threads (default: the device's cores).")
 @click.option("--int8", is_flag=True, help="Estimate int8 kernels instead of fp32.")
+@click.option(
+    "--measured",
+    type=click.Path(),
+    help="A bench.json (or its folder) measured on the device, shown alongside.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def estimate(name: str, as_json: bool, **options: Any) -> None:
-    """ESTIMATED latency on a device profile (per-layer roofline; not a measurement)."""
+def estimate(name: str, as_json: bool, device: str | None, device_spec: str | None, **options: Any) -> None:
+    """ESTIMATED latency on a device from its spec sheet (per-layer model; not a measurement)."""
     from edgekit.report import tables
+    from edgekit.studies import devices
     from edgekit.studies import estimate as estimate_mod
 
-    result = estimate_mod.estimate(name, **options)
+    if device and device_spec:
+        raise UsageError("--device and --device-spec both given", "use one of them")
+    board = devices.device_from_spec(device_spec) if device_spec else devices.get_device(device or "rpi4")
+    result = estimate_mod.estimate(name, device=board, **options)
     emit_json(result) if as_json else tables.print_estimate(result)
 
 

@@ -251,9 +251,9 @@ def print_peers(result: dict[str, Any]) -> None:
 
 
 def print_estimate(result: dict[str, Any]) -> None:
-    """Estimated per-layer latency (executed layers only; BN/activations are fused), then the total."""
+    """Estimated per-layer latency (executed layers only; BN/activations are fused), the total with its
+    expected error, then the published or measured figures beside it."""
     dev = result["device_profile"]
-    published = result["published"]
     rows = [
         [
             layer["name"],
@@ -262,24 +262,33 @@ def print_estimate(result: dict[str, Any]) -> None:
             layer["bytes"],
             f"{layer['compute_ms']:.3f}",
             f"{layer['memory_ms']:.3f}",
+            f"{layer['overhead_ms']:.3f}",
             f"{layer['ms']:.3f}",
             layer["bound"],
         ]
         for layer in result["layers"]
         if layer["bound"] != "fused"
     ]
-    rows.append(["total (estimate)", "", result["macs"], None, None, None, f"{result['total_ms']:.2f}", ""])
-    versus = (
-        f" Published: {published['ms']} ms ({published['source']}); error {published['error_pct']:+.1f}%."
+    total = f"{result['total_ms']:.2f} ± {result['expected_error_pct']:.0f}%"
+    rows.append(["total (estimate)", "", result["macs"], None, None, None, None, total, ""])
+    published = result["published"]
+    beside = (
+        [f"Published: {published['ms']} ms ({published['source']}); estimate {published['error_pct']:+.1f}%."]
         if published
-        else ""
+        else []
     )
+    beside += [
+        f"Measured on {m['target']} ({m['format']}/{m['runtime']}, p50): {m['p50_ms']} ms; "
+        f"estimate {m['estimate_vs_measured_pct']:+.1f}%."
+        for m in result["measured"]
+    ]
     render(
         f"ESTIMATE: {result['model']} on {dev['label']} ({dev['core']} {dev['clock_ghz']} GHz), "
-        f"{result['threads']} thread(s), {result['precision']}",
-        ["layer", "kind", "MACs", "bytes", "compute ms", "memory ms", "ms", "bound"],
+        f"{result['threads']} thread(s), {result['precision']} model, {result['kernels']} kernels",
+        ["layer", "kind", "MACs", "bytes", "compute ms", "memory ms", "overhead ms", "ms", "largest"],
         rows,
-        caption=f"{result['method']}; ms = max(compute, memory) + per-layer overhead.{versus}",
+        caption=f"{result['method']}. Expected error ±{result['expected_error_pct']:.0f}% "
+        f"({result['expected_error']}). " + " ".join(beside),
     )
 
 
