@@ -274,7 +274,7 @@ def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **option
 @click.option(
     "--analysis",
     type=click.Path(dir_okay=False),
-    help="An `edgekit analyze --json` output for the per-layer SQNR plot (default: DIR/analyze.json).",
+    help="An `edgekit analyze --json` output for the page's per-layer SQNR plot (default: DIR/analyze.json).",
 )
 @click.option(
     "--out",
@@ -284,7 +284,12 @@ def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **option
 )
 @click.option("--open", "open_page", is_flag=True, help="Open the page in a browser (implies --html).")
 def report(
-    artifact_dir: str | None, html: bool, zoo: str | None, analysis: str | None, out: str | None, open_page: bool
+    artifact_dir: str | None,
+    html: bool,
+    zoo: str | None,
+    analysis: str | None,
+    out: str | None,
+    open_page: bool,
 ) -> None:
     """Gather manifest, verification, accuracy and benchmarks into report.md with plots (--html: a page);
     or, with --zoo, one page comparing every model of a `make bench` run."""
@@ -293,14 +298,16 @@ def report(
     if (artifact_dir is None) == (zoo is None):
         raise UsageError(
             "give an artifact folder or --zoo results.json (one of the two)",
-            "e.g. `edgekit report artifacts/mobilenet_v3 --html` or `edgekit report --zoo bench/results.json`",
+            "e.g. `edgekit report artifacts/mobilenet_v3 --html`, `edgekit report --zoo bench/results.json`",
         )
     if zoo:
         if analysis:
             raise UsageError("--analysis is for an artifact folder's report", "leave it out with --zoo")
         pages = [report_mod.write_dashboard(zoo, out)]
     else:
-        written = report_mod.write_report(artifact_dir, html=html or open_page, out_dir=out, analysis=analysis)
+        written = report_mod.write_report(
+            artifact_dir, html=html or open_page or analysis is not None, out_dir=out, analysis=analysis
+        )
         for stale in written.stale:
             click.echo(f"warning: {stale} no longer matches its sha256 in the manifest (stale)", err=True)
         pages = [written.path, *([written.html] if written.html else [])]

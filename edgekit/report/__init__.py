@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 ANALYSIS_FILE = "analyze.json"  # `edgekit analyze NAME --json > DIR/analyze.json`: the SQNR plot
+ANALYZE_HINT = "`edgekit analyze NAME --json > FILE`"
 
 
 @dataclass
@@ -63,7 +64,14 @@ def write_report(
         raise UsageError(f"--out {out} is a file; the report is a folder of files", "pass --out DIR")
     if not os.access(out if out.exists() else out.parent, os.W_OK):
         raise ArtifactError(f"{out} is read-only: the report cannot be written there", "pass --out DIR")
-    layers = read_analysis(analysis or folder / ANALYSIS_FILE, required=analysis is not None) if html else None
+    analysis_file = Path(analysis) if analysis else folder / ANALYSIS_FILE
+    layers = read_analysis(analysis_file, required=analysis is not None) if html else None
+    if layers and layers.get("model") != manifest.model.get("name"):
+        raise UsageError(
+            f"the analysis {analysis_file} is of {layers.get('model')}, "
+            f"the folder holds {manifest.model.get('name')}",
+            f"run `edgekit analyze {manifest.model.get('name')} --json` for it",
+        )
     out.mkdir(parents=True, exist_ok=True)
     stale = stale_files(folder, manifest)
     results = read_results(folder)
@@ -74,7 +82,8 @@ def write_report(
     page = None
     if html:
         figures = report_figures(manifest, folder, bench, results.get("eval"), drawn, layers)
-        page = write_text(out / "report.html", render_page(text, out, manifest.model.get("name", folder.name), figures))
+        title = manifest.model.get("name", folder.name)
+        page = write_text(out / "report.html", render_page(text, out, title, figures))
     return Written(path, [f"{fmt} ({manifest.files[fmt].path})" for fmt in stale], page)
 
 
@@ -83,15 +92,17 @@ def read_analysis(path: str | os.PathLike[str], required: bool) -> dict | None:
     file = Path(path)
     if not file.is_file():
         if required:
-            raise UsageError(f"--analysis {file} does not exist", "pass the file `edgekit analyze NAME --json` wrote")
+            raise UsageError(
+                f"--analysis {file} does not exist", "pass what `edgekit analyze NAME --json` wrote"
+            )
         return None
     try:
         result = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{file} is not JSON ({exc})", "write it with `edgekit analyze NAME --json > FILE`") from exc
+        raise ArtifactError(f"{file} is not JSON ({exc})", f"write it with {ANALYZE_HINT}") from exc
     if not isinstance(result, dict) or not isinstance(result.get("layers"), list) or "bits" not in result:
         raise ArtifactError(
             f"{file} is not an `edgekit analyze --json` result (no 'layers' list)",
-            "write it with `edgekit analyze NAME --json > FILE`",
+            f"write it with {ANALYZE_HINT}",
         )
     return result

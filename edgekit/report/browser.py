@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgekit.errors import EdgekitError, RuntimeUnavailableError
 
@@ -26,6 +27,7 @@ TIMEOUT_S = 120
 PROBE_ID = "edgekit-probe"
 PROBE = """<script>
 window.addEventListener("load", () => {
+  const result = (() => { BEFORE })();
   const view = window.innerWidth;
   const wide = [...document.body.querySelectorAll("*")]
     .filter((e) => e.getBoundingClientRect().right > view + 1 && !e.closest(".table-wrap"))
@@ -37,13 +39,14 @@ window.addEventListener("load", () => {
     requests: performance.getEntriesByType("resource").map((r) => r.name),
     wide: wide,
     text: document.body.innerText,
+    result: result === undefined ? null : result,
   };
   const out = document.createElement("pre");
-  out.id = "%s";
+  out.id = "PROBE_ID";
   out.textContent = JSON.stringify(probe);
   document.body.appendChild(out);
 });
-</script>""" % PROBE_ID
+</script>"""
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class PageView:
     requests: list[str]  # resources fetched (a self-contained page fetches none)
     wide: list[str]  # elements reaching past the viewport outside a scrolling table wrapper
     text: str  # document.body.innerText
+    result: Any  # what the ``before`` script returned
 
 
 def find_chromium() -> str | None:
@@ -90,12 +94,16 @@ def _run(url: str, extra: list[str], width: int, height: int) -> str:
     return proc.stdout
 
 
-def inspect(page: Path, width: int = 1280, height: int = 2000) -> PageView:
-    """Load a copy of ``page`` with the probe appended and read what the probe wrote."""
+def inspect(page: Path, width: int = 1280, height: int = 2000, before: str = "") -> PageView:
+    """Load a copy of ``page`` with the probe appended and read what the probe wrote.
+
+    ``before``: a JavaScript function body run once the page has loaded, before the probe looks
+    (clicks, typing); what it returns is ``PageView.result``."""
     source = page.read_text(encoding="utf-8")
+    probe = PROBE.replace("PROBE_ID", PROBE_ID).replace("BEFORE", before)
     with tempfile.TemporaryDirectory(prefix="edgekit-probe-") as tmp:
         probed = Path(tmp) / page.name
-        probed.write_text(source.replace("</body>", PROBE + "</body>", 1), encoding="utf-8")
+        probed.write_text(source.replace("</body>", probe + "</body>", 1), encoding="utf-8")
         dom = _run(probed.as_uri(), ["--dump-dom"], width, height)
     found = re.search(rf'<pre id="{PROBE_ID}">(.*?)</pre>', dom, re.S)
     if not found:

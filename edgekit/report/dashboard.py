@@ -77,10 +77,13 @@ def read_zoo(path: str | os.PathLike[str]) -> dict[str, Any]:
 def points(summary: dict[str, Any], folder: Path) -> list[Point]:
     """Every result row as a Point, with int8/fp32, accuracy where known, and both Pareto fronts."""
     ratios = {(c["model"], c["runtime"], c["threads"]): c["ratio"] for c in summary.get("int8_vs_fp32") or []}
-    accuracy = {model: _accuracy(folder / "artifacts" / model) for model in {r["model"] for r in summary["results"]}}
+    models = {r["model"] for r in summary["results"]}
+    accuracy = {model: _accuracy(folder / "artifacts" / model) for model in models}
     made = []
     for r in summary["results"]:
-        top1, drop = accuracy[r["model"]].get((r["format"], r["runtime"]), accuracy[r["model"]].get(r["format"], (None, None)))
+        known = accuracy[r["model"]]  # eval in this row's engine, else in the format's default one
+        top1, drop = known.get((r["format"], r["runtime"])) or known.get((r["format"], None)) or (None, None)
+        int8 = r["precision"] == "int8"
         made.append(
             Point(
                 model=r["model"],
@@ -96,7 +99,7 @@ def points(summary: dict[str, Any], folder: Path) -> list[Point]:
                 mmacs=None if r.get("macs") is None else r["macs"] / 1e6,
                 target=f"{r['target']} ({'emulated' if r['emulated'] else 'real'})",
                 measured=r["measured"],
-                int8_ratio=ratios.get((r["model"], r["runtime"], r["threads"])) if r["precision"] == "int8" else None,
+                int8_ratio=ratios.get((r["model"], r["runtime"], r["threads"])) if int8 else None,
                 top1=top1,
                 drop_top1=drop,
             )
@@ -110,24 +113,21 @@ def points(summary: dict[str, Any], folder: Path) -> list[Point]:
     return made
 
 
-def _accuracy(folder: Path) -> dict[Any, tuple[float | None, float | None]]:
-    """(format, engine) and format -> (top-1, drop) from the folder's eval.json, when there is one."""
+def _accuracy(folder: Path) -> dict[tuple[str, str | None], tuple[float, float | None]]:
+    """(format, engine) and (format, None) -> (top-1, drop) from the folder's eval.json, if any."""
     evaluation = read_results(folder).get("eval") if folder.is_dir() else None
     rows = evaluation.get("formats", []) if isinstance(evaluation, dict) else []
-    found: dict[Any, tuple[float | None, float | None]] = {}
+    found: dict[tuple[str, str | None], tuple[float, float | None]] = {}
     for r in rows:
         if isinstance(r, dict) and r.get("top1") is not None:
             found.setdefault((r["format"], r.get("runtime")), (r["top1"], r.get("drop_top1")))
-            found.setdefault(r["format"], (r["top1"], r.get("drop_top1")))
+            found.setdefault((r["format"], None), (r["top1"], r.get("drop_top1")))
     return found
 
 
 def pareto_front(values: list[tuple[float, float]]) -> list[bool]:
     """For each (a, b), lower better on both: True when no other pair is <= on both and < on one."""
-    return [
-        not any(c <= a and d <= b and (c < a or d < b) for c, d in values)
-        for a, b in values
-    ]
+    return [not any(c <= a and d <= b and (c < a or d < b) for c, d in values) for a, b in values]
 
 
 def _measured_note(summary: dict[str, Any], pts: list[Point]) -> str:
@@ -163,7 +163,7 @@ def plots_for(summary: dict[str, Any], pts: list[Point]) -> tuple[list[Plot], li
                 "Latency vs accuracy drop",
                 f"{note}; top-1 drop vs PyTorch float from `edgekit eval` of each model's folder "
                 f"({len(known)} of {len(pts)} rows have one). Joined: the Pareto front.",
-                plots.pareto([_plot_row(p, p.drop_top1, p.front_accuracy) for p in known], "top-1 drop (points)"),
+                plots.pareto([_plot_row(p, p.drop_top1, p.front_accuracy) for p in known], "top-1 drop"),
             )
         )
         return drawn, []
@@ -193,18 +193,22 @@ def write_dashboard(results: str | os.PathLike[str], out: str | os.PathLike[str]
     pts = points(summary, source.parent)
     figures, missing = plots_for(summary, pts)
     slower = [c for c in summary.get("int8_vs_fp32") or [] if not c["int8_faster"]]
-    text = environment().get_template("dashboard.html.j2").render(
-        title=f"edgekit zoo dashboard: {len({p.model for p in pts})} models, {len(pts)} measurements",
-        source=source.name,
-        points=pts,
-        accuracy=any(p.top1 is not None for p in pts),
-        figures=figures,
-        missing=missing,
-        slower=slower,
-        compared=len(summary.get("int8_vs_fp32") or []),
-        machine=summary.get("machine") or {},
-        method=summary.get("method") or {},
-        failed=summary.get("failed") or [],
+    text = (
+        environment()
+        .get_template("dashboard.html.j2")
+        .render(
+            title=f"edgekit zoo dashboard: {len({p.model for p in pts})} models, {len(pts)} measurements",
+            source=source.name,
+            points=pts,
+            accuracy=any(p.top1 is not None for p in pts),
+            figures=figures,
+            missing=missing,
+            slower=slower,
+            compared=len(summary.get("int8_vs_fp32") or []),
+            machine=summary.get("machine") or {},
+            method=summary.get("method") or {},
+            failed=summary.get("failed") or [],
+        )
     )
     page.parent.mkdir(parents=True, exist_ok=True)
     return write_text(page, text)

@@ -26,6 +26,8 @@ MARKDOWN_FIGURES = {
     plots.PLOT_OPS: "fig-ops",
 }
 
+LONG_CELL = 32  # characters: a table cell longer than this wraps, shorter ones never do
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -68,6 +70,11 @@ def markdown_renderer(folder: Path) -> MarkdownIt:
     def table_close(self: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
         return self.renderToken(tokens, idx, options, env) + "</div>"
 
+    def cell_open(self: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
+        if len(tokens[idx + 1].content) > LONG_CELL:  # prose may wrap; names and numbers stay whole
+            tokens[idx].attrJoin("class", "long")
+        return self.renderToken(tokens, idx, options, env)
+
     def image(self: Any, tokens: list, idx: int, options: Any, env: Any) -> str:
         token = tokens[idx]
         name = str(token.attrGet("src"))
@@ -81,6 +88,7 @@ def markdown_renderer(folder: Path) -> MarkdownIt:
 
     md.add_render_rule("table_open", table_open)
     md.add_render_rule("table_close", table_close)
+    md.add_render_rule("td_open", cell_open)
     md.add_render_rule("image", image)
     return md
 
@@ -103,7 +111,12 @@ def split_sections(markdown: str) -> tuple[str, list[tuple[str, str]]]:
 
 
 def report_figures(
-    manifest: Manifest, folder: Path, bench: dict, evaluation: Any, drawn: dict[str, str], analysis: dict | None
+    manifest: Manifest,
+    folder: Path,
+    bench: dict,
+    evaluation: Any,
+    drawn: dict[str, str],
+    analysis: dict | None,
 ) -> list[Figure]:
     """The report's four comparison plots, drawn or with the command that would draw them."""
     results = bench.get("results") or []
@@ -158,7 +171,8 @@ def _model_command(manifest: Manifest, *options: str) -> str:
     pretrained, which every command takes)."""
     args = manifest.model.get("args") or {}
     flags = [f"--{k} {args[k]}" for k in ("resolution", *options) if args.get(k) is not None]
-    return " ".join([manifest.model.get("name", "MODEL"), *flags, *(["--pretrained"] if args.get("pretrained") else [])])
+    flags += ["--pretrained"] if args.get("pretrained") else []
+    return " ".join([manifest.model.get("name", "MODEL"), *flags])
 
 
 def _sqnr_figure(analysis: dict | None, command: str, folder: Path) -> Figure:
@@ -194,10 +208,13 @@ def render_page(markdown: str, folder: Path, title: str, figures: list[Figure]) 
     orphans = tuple(f for f in figures if f.png and f.section not in titles)  # e.g. SQNR without int8
     if orphans:
         sections.append(Section("more-figures", "More figures", "", orphans))
-    return environment().get_template("report.html.j2").render(
-        title=title,
-        head=md.render(head),
-        sections=sections,
-        figures=figures,
-        caption=md.renderInline,
+    return (
+        environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            head=md.render(head),
+            sections=sections,
+            figures=figures,
+        )
     )

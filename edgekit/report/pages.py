@@ -12,17 +12,33 @@ from typing import Any
 
 
 @cache
+def _inline_renderer() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False})
+
+
+def inline(text: str) -> str:
+    """One line of Markdown (code spans, emphasis) as HTML; raw HTML in it escaped. The results'
+    own prose (a bench row's "why", a caption) is written in Markdown for report.md."""
+    return _inline_renderer().renderInline(text)
+
+
+@cache
 def environment() -> Any:
     """The Jinja2 templates of ``edgekit/report/templates``; every value escaped unless marked safe."""
     import jinja2
+    from markupsafe import Markup
 
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("edgekit.report", "templates"),
         autoescape=jinja2.select_autoescape(["html.j2"]),
         undefined=jinja2.StrictUndefined,  # a missing value is a bug, not an empty cell
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["markdown"] = lambda text: Markup(inline(text))
+    return env
 
 
 def has_display() -> bool:

@@ -130,14 +130,19 @@ def _plot_accuracy(plt: Any, folder: Path, results: list[dict], drops: dict) -> 
     return _save(plt, fig, folder / PLOT_ACCURACY)
 
 
-def _legend(ax: Any, engines: Sequence[str], coloured: Sequence[str], colors: Any, front: bool = False) -> None:
+def _legend(
+    ax: Any, engines: Sequence[str], coloured: Sequence[str], colors: Any, front: bool = False
+) -> None:
     """Marker = engine, colour = ``coloured[i]`` (threads or precision)."""
     from matplotlib.lines import Line2D
 
     handles = [
         Line2D([], [], marker=ENGINE_MARKERS[i % len(ENGINE_MARKERS)], color="#555", linestyle="", label=e)
         for i, e in enumerate(engines)
-    ] + [Line2D([], [], marker="o", color=colors(i % 10), linestyle="", label=c) for i, c in enumerate(coloured)]
+    ] + [
+        Line2D([], [], marker="o", color=colors(i % 10), linestyle="", label=c)
+        for i, c in enumerate(coloured)
+    ]
     if front:
         handles.append(Line2D([], [], color="#333", label="Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="best")
@@ -244,16 +249,22 @@ def pareto(rows: list[dict[str, Any]], y_label: str) -> bytes:
         )
     front = sorted((r for r in rows if r["front"]), key=lambda r: r["p50_ms"])
     ax.step([r["p50_ms"] for r in front], [r["y"] for r in front], where="post", color="#333", linewidth=1)
-    for r in front:
+    for i, r in enumerate(front):
         ax.annotate(
             f"{r['model']} {r['format']} {r['runtime']} x{r['threads']}",
             (r["p50_ms"], r["y"]),
             fontsize=6,
-            xytext=(4, 4),
+            xytext=(4, 4 if i % 2 else -9),  # neighbours on the front alternate above and below
             textcoords="offset points",
         )
     _legend(ax, engines, precisions, colors, front=True)
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("p50 latency ms (batch 1, log scale)")
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3, which="both")
