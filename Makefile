@@ -64,6 +64,8 @@ guidelines: setup
 # Chromium at 1280 px (scripts/test-deps.sh installs it)
 screenshots: setup
 	test -f $(ARTIFACTS)/$(MODEL)/bench.json || $(MAKE) run
+	test -f $(ARTIFACTS)/$(MODEL)/analyze.json || ($(VENV)/bin/edgekit analyze $(MODEL) --no-end-to-end --limit 4 \
+		--json > $(ARTIFACTS)/$(MODEL)/analyze.json.tmp && mv $(ARTIFACTS)/$(MODEL)/analyze.json.tmp $(ARTIFACTS)/$(MODEL)/analyze.json)
 	$(VENV)/bin/edgekit report $(ARTIFACTS)/$(MODEL) --html
 	$(VENV)/bin/edgekit report --zoo bench/results.json --out bench/dashboard.html
 	$(PY) -m edgekit.report.browser $(ARTIFACTS)/$(MODEL)/report.html docs/img/report.png \

@@ -178,3 +178,23 @@ def test_bad_input(args: list[str], error: str, tmp_path: Path) -> None:
     other.write_text('{"mobilenet_v2": {"rows": []}}')
     result = CliRunner().invoke(cli, ["report", *(a.format(other=other) for a in args)])
     assert isinstance(result.exception, EdgekitError) and error in str(result.exception)
+
+
+def test_dashboard_reads_accuracy_beside_the_results(report_page: Path, tmp_path: Path) -> None:
+    """An eval.json in artifacts/MODEL/ next to results.json (where `make bench` exports) adds top-1
+    and the latency vs accuracy Pareto plot; here the report fixture's real eval stands for
+    mobilenet_v2's."""
+    results = tmp_path / "results.json"
+    shutil.copy(ZOO, results)
+    (tmp_path / "artifacts" / "mobilenet_v2").mkdir(parents=True)
+    evaluation = json.loads((report_page.parent / "eval.json").read_text())
+    shutil.copy(report_page.parent / "eval.json", tmp_path / "artifacts" / "mobilenet_v2" / "eval.json")
+    page = Path(edgekit("report", "--zoo", str(results)).split()[-1])
+    assert page == tmp_path / "dashboard.html"
+    html = page.read_text()
+    assert '<figure id="pareto-accuracy">' in html and "top-1 %" in html
+    onnx = next(r for r in evaluation["formats"] if r["format"] == "onnx-fp32")
+    rows = [r for r in json.loads(ZOO.read_text())["results"] if r["model"] == "mobilenet_v2"]
+    shown = re.findall(r"<td>mobilenet_v2</td><td>onnx-fp32</td>.*?</tr>", html, re.S)
+    assert len(shown) == sum(r["format"] == "onnx-fp32" for r in rows)
+    assert all(f'data-v="{onnx["top1"]}"' in row for row in shown)

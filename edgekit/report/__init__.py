@@ -66,7 +66,7 @@ def write_report(
         raise ArtifactError(f"{out} is read-only: the report cannot be written there", "pass --out DIR")
     analysis_file = Path(analysis) if analysis else folder / ANALYSIS_FILE
     layers = read_analysis(analysis_file, required=analysis is not None) if html else None
-    if layers and layers.get("model") != manifest.model.get("name"):
+    if layers and not _same_model(str(layers.get("model")), manifest.model.get("name", "")):
         raise UsageError(
             f"the analysis {analysis_file} is of {layers.get('model')}, "
             f"the folder holds {manifest.model.get('name')}",
@@ -85,6 +85,17 @@ def write_report(
         title = manifest.model.get("name", folder.name)
         page = write_text(out / "report.html", render_page(text, out, title, figures))
     return Written(path, [f"{fmt} ({manifest.files[fmt].path})" for fmt in stale], page)
+
+
+def _same_model(analysed: str, name: str) -> bool:
+    """The zoo's names and aliases (mobilenet_v3 is mobilenet_v3_large); other names as written."""
+    from edgekit.errors import EdgekitError
+    from edgekit.zoo.registry import get_entry
+
+    try:
+        return get_entry(analysed).name == get_entry(name).name
+    except EdgekitError:
+        return analysed == name
 
 
 def read_analysis(path: str | os.PathLike[str], required: bool) -> dict | None:

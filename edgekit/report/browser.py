@@ -83,6 +83,7 @@ def _run(url: str, extra: list[str], width: int, height: int) -> str:
             f"--user-data-dir={profile}",
             "--no-first-run",
             "--hide-scrollbars",
+            "--run-all-compositor-stages-before-draw",  # a screenshot shows every image, fully painted
             f"--window-size={width},{height}",
             "--virtual-time-budget=10000",  # waits for load without sleeping
             *extra,

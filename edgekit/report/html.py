@@ -163,7 +163,7 @@ def _markdown_figure(drawn: dict[str, str], kind: str, title: str, missing: str)
 def _accuracy_missing(folder: Path, results: list, evaluation: Any) -> str:
     needed = [] if evaluation else [f"`edgekit eval {folder} --data IMAGES`"]
     needed += [] if results else [f"`edgekit bench {folder}`"]
-    return " and ".join(needed) or f"a top-1 from labelled images: `edgekit eval {folder} --data IMAGES`"
+    return " and ".join(needed) or f"`edgekit eval {folder} --data IMAGES` with labelled images"
 
 
 def _model_command(manifest: Manifest, *options: str) -> str:
@@ -188,7 +188,12 @@ def _sqnr_figure(analysis: dict | None, command: str, folder: Path) -> Figure:
     caption = (
         f"`edgekit analyze {analysis['model']}` at {analysis['resolution']} px, "
         f"{'pretrained' if analysis.get('pretrained') else 'random'} weights: {analysis['method']}"
-        + (f"; logits SQNR on {analysis['sensitivity_images']} images of {images}" if images else "")
+        + (
+            f". Lower panel: logits SQNR on {analysis['sensitivity_images']} images of {images} "
+            "(a missing point: identical logits)"
+            if images
+            else ""
+        )
         + ". Shaded, with a red marker: depthwise layers."
     )
     return Figure("fig-sqnr", title, caption, plots.sqnr_along(analysis), section="int8")

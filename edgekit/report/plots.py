@@ -196,37 +196,43 @@ def int8_vs_fp32(rows: list[dict[str, Any]]) -> bytes:
 
 
 def sqnr_along(analysis: dict[str, Any]) -> bytes:
-    """Per-layer weight SQNR (per tensor, per channel) in network order, and the logits SQNR with
-    only that layer quantised when the analysis ran images; depthwise layers shaded."""
+    """Per-layer weight SQNR (per tensor, per channel) in network order and, when the analysis ran
+    images, the logits SQNR with only that layer quantised (a panel of its own: its scale is
+    another); depthwise layers shaded in both."""
     plt = _pyplot()
     layers = analysis["layers"]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
     x = list(range(len(layers)))
-    for i, layer in enumerate(layers):
-        if layer["kind"] == "depthwise":
-            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.12, linewidth=0)
-    series = [
-        ("weight_sqnr_per_tensor", "weights, per tensor", "tab:gray"),
-        ("weight_sqnr_per_channel", "weights, per channel", "tab:blue"),
-        ("output_sqnr_per_channel", "logits, only this layer int8 (per channel)", "tab:green"),
-    ]
-    for key, label, color in series:
-        values = [layer.get(key) for layer in layers]
-        if any(v is not None for v in values):
-            ax.plot(x, [float("nan") if v is None else v for v in values], ".-", label=label, color=color)
+    logits = [layer.get("output_sqnr_per_channel") for layer in layers]
+    panels = 2 if any(v is not None for v in logits) else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 2.4 * panels + 1), sharex=True, squeeze=False)
     depthwise = [i for i, layer in enumerate(layers) if layer["kind"] == "depthwise"]
-    ax.scatter(
+    for ax in axes[:, 0]:
+        for i in depthwise:
+            ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.12, linewidth=0)
+        ax.grid(alpha=0.3)
+    top = axes[0, 0]
+    per_tensor = [layer["weight_sqnr_per_tensor"] for layer in layers]
+    top.plot(x, per_tensor, ".-", color="tab:gray", label="per tensor")
+    top.plot(
+        x, [layer["weight_sqnr_per_channel"] for layer in layers], ".-", color="tab:blue", label="per channel"
+    )
+    top.scatter(
         depthwise,
-        [layers[i]["weight_sqnr_per_tensor"] for i in depthwise],
+        [per_tensor[i] for i in depthwise],
         marker="v",
         color="tab:red",
         zorder=3,
-        label="depthwise layer",
+        label="depthwise",
     )
-    ax.set_xlabel(f"layer in network order (of {len(layers)} conv/linear layers)")
-    ax.set_ylabel(f"SQNR dB ({analysis['bits']}-bit weights)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncols=2, loc="lower left")
+    top.set_ylabel(f"weights, {analysis['bits']}-bit\nSQNR dB")
+    top.legend(fontsize=7, ncols=3, loc="lower left")
+    if panels == 2:
+        bottom = axes[1, 0]
+        shown = [float("nan") if v is None else v for v in logits]  # None: identical logits
+        bottom.plot(x, shown, "o", color="tab:green", markersize=3, label="only this layer quantised")
+        bottom.set_ylabel("logits SQNR dB")
+        bottom.legend(fontsize=7, loc="lower left")
+    axes[-1, 0].set_xlabel(f"layer in network order (of {len(layers)} conv/linear layers)")
     return _png(plt, fig)
 
 
@@ -264,7 +270,7 @@ def pareto(rows: list[dict[str, Any]], y_label: str) -> bytes:
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("p50 latency ms (batch 1, log scale)")
     ax.set_ylabel(y_label)
     ax.grid(alpha=0.3, which="both")
