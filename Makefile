@@ -8,7 +8,7 @@ MODEL   ?= mobilenet_v3
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines estimate-fit
+.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines estimate-fit screenshots
 
 setup: $(STAMP)
 
@@ -36,6 +36,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m edgekit.studies.benchzoo --out bench
+	$(VENV)/bin/edgekit report --zoo bench/results.json --out bench/dashboard.html  # one page, linked from bench/README.md
 	$(PY) -m edgekit.studies.engines --out docs/engines.md  # every engine side by side (issue #17)
 
 engines: setup
@@ -62,6 +63,17 @@ depthwise: setup
 
 guidelines: setup
 	$(PY) -m edgekit.studies.guidelines_doc --out docs/guidelines.md
+
+# docs/img/report.png and dashboard.png: make run's report and the committed zoo bench, in headless
+# Chromium at 1280 px (scripts/test-deps.sh installs it)
+screenshots: setup
+	test -f $(ARTIFACTS)/$(MODEL)/bench.json || $(MAKE) run
+	test -f $(ARTIFACTS)/$(MODEL)/analyze.json || ($(VENV)/bin/edgekit analyze $(MODEL) --no-end-to-end --limit 4 \
+		--json > $(ARTIFACTS)/$(MODEL)/analyze.json.tmp && mv $(ARTIFACTS)/$(MODEL)/analyze.json.tmp $(ARTIFACTS)/$(MODEL)/analyze.json)
+	$(VENV)/bin/edgekit report $(ARTIFACTS)/$(MODEL) --html
+	$(VENV)/bin/edgekit report --zoo bench/results.json --out bench/dashboard.html
+	$(PY) -m edgekit.report.browser $(ARTIFACTS)/$(MODEL)/report.html docs/img/report.png \
+		bench/dashboard.html docs/img/dashboard.png
 
 clean:
 	rm -rf $(ARTIFACTS) build *.egg-info .pytest_cache .ruff_cache

@@ -299,19 +299,63 @@ def bench(
 
 
 @cli.command()
-@click.argument("artifact_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--html", is_flag=True, help="Also write report.html.")
+@click.argument("artifact_dir", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--html", is_flag=True, help="Also write report.html (one self-contained page).")
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), help="Write the report here (default: the folder)."
+    "--zoo",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A `make bench` results.json: write the zoo dashboard page instead.",
 )
-def report(artifact_dir: str, html: bool, out_dir: str | None) -> None:
-    """Gather manifest, verification, accuracy and benchmarks into report.md with plots."""
+@click.option(
+    "--analysis",
+    type=click.Path(dir_okay=False),
+    help="An `edgekit analyze --json` output for the page's per-layer SQNR plot (default: DIR/analyze.json).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="Report folder (default: the artifact folder); with --zoo, the page (default: dashboard.html "
+    "beside results.json).",
+)
+@click.option("--open", "open_page", is_flag=True, help="Open the page in a browser (implies --html).")
+def report(
+    artifact_dir: str | None,
+    html: bool,
+    zoo: str | None,
+    analysis: str | None,
+    out: str | None,
+    open_page: bool,
+) -> None:
+    """Gather manifest, verification, accuracy and benchmarks into report.md with plots (--html: a page);
+    or, with --zoo, one page comparing every model of a `make bench` run."""
     from edgekit import report as report_mod
 
-    written = report_mod.write_report(artifact_dir, html=html, out_dir=out_dir)
-    for stale in written.stale:
-        click.echo(f"warning: {stale} no longer matches its sha256 in the manifest (stale)", err=True)
-    click.echo(f"wrote {written.path}")
+    if (artifact_dir is None) == (zoo is None):
+        raise UsageError(
+            "give an artifact folder or --zoo results.json (one of the two)",
+            "e.g. `edgekit report artifacts/mobilenet_v3 --html`, `edgekit report --zoo bench/results.json`",
+        )
+    if zoo:
+        if analysis:
+            raise UsageError("--analysis is for an artifact folder's report", "leave it out with --zoo")
+        pages = [report_mod.write_dashboard(zoo, out)]
+    else:
+        written = report_mod.write_report(
+            artifact_dir, html=html or open_page or analysis is not None, out_dir=out, analysis=analysis
+        )
+        for stale in written.stale:
+            click.echo(f"warning: {stale} no longer matches its sha256 in the manifest (stale)", err=True)
+        pages = [written.path, *([written.html] if written.html else [])]
+    for page in pages:
+        click.echo(f"wrote {page}")
+    if open_page and not report_mod.has_display():
+        click.echo(
+            f"note: cannot open {pages[-1]} here: no display ($DISPLAY and $WAYLAND_DISPLAY are unset); "
+            "copy it to a machine with a browser",
+            err=True,
+        )
+    elif open_page and not report_mod.open_page(pages[-1]):
+        click.echo(f"note: no browser found to open {pages[-1]}", err=True)
 
 
 @cli.command()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Tools the tests need beyond the venv (sshd, qemu, the arm64 rootfs); idempotent.
+# Tools the tests need beyond the venv (sshd, qemu, the arm64 rootfs, Chromium for the HTML pages); idempotent.
 set -euo pipefail
 
-NEEDED=(qemu-user-static debootstrap openssh-server openssh-client)
+NEEDED=(qemu-user-static debootstrap openssh-server openssh-client chromium)
 missing=()
 for pkg in "${NEEDED[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

@@ -42,8 +42,9 @@ def test_sections_and_notes(art):
     assert "HARD_SWISH x3" in text  # the op evidence for the int8 slowdown
     for png in (plots.PLOT_LATENCY, plots.PLOT_OPS):
         assert f"]({png})" in text and (art / png).stat().st_size > 1000
-    html = (art / "report.html").read_text()
-    assert "<table>" in html and f'src="{plots.PLOT_LATENCY}"' in html
+    html = (art / "report.html").read_text()  # one page: the plots inline, the int8 one only there
+    assert "<table>" in html and f"]({plots.PLOT_LATENCY})" not in html
+    assert '<figure id="fig-int8">\n<img src="data:image/png;base64,' in html
 
 
 def test_reads_a_real_eval_without_recomputing(art):

@@ -96,6 +96,9 @@ def readme(summary: dict[str, Any]) -> str:
         "p50 / p99 latency in ms per inference (batch 1) on this host, real hardware (not emulated); "
         "int8/fp32 = int8 p50 over float32 p50 of the same runtime and threads (>1: int8 is slower).",
         "",
+        "Every row on one page, sortable, with a Pareto plot: [dashboard.html](dashboard.html) "
+        "(`edgekit report --zoo results.json`).",
+        "",
         "| model | runtime | threads | " + " | ".join(f"{f} p50 (p99)" for f in columns) + " | int8/fp32 |",
         "|---|---|---:|" + "---:|" * (len(columns) + 1),
     ]
