@@ -8,7 +8,7 @@ MODEL   ?= mobilenet_v3
 export PYTHONUNBUFFERED := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines estimate-fit screenshots
+.PHONY: setup run test test-slow bench engines lint clean pi-rootfs pi-bench docs depthwise guidelines estimate-fit screenshots bench-peers
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: setup
 	$(PY) -m edgekit.studies.benchzoo --out bench
 	$(VENV)/bin/edgekit report --zoo bench/results.json --out bench/dashboard.html  # one page, linked from bench/README.md
 	$(PY) -m edgekit.studies.engines --out docs/engines.md  # every engine side by side (issue #17)
+
+bench-peers: setup
+	$(PY) -m edgekit.studies.peers --out bench/peers.md  # edgekit int8 vs the peers' defaults (issue #18)
 
 engines: setup
 	$(PY) -m edgekit.studies.engines --out docs/engines.md

@@ -114,6 +114,7 @@ class OrtSession(Session):
         graph_optimization: str = "all",
         profile: bool | str = False,
         optimized_model_path: str | os.PathLike[str] | None = None,
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -124,6 +125,11 @@ class OrtSession(Session):
         so.log_severity_level = ort_log_level()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        # Worker threads that spin between ops keep a core busy: on a shared 2-core host another
+        # process then delays them, and 2 threads ran slower than 1 (MobileNetV3 fp32 at load 9:
+        # 1 thread 48.7 ms, 2 spinning 62.8 ms, 2 sleeping 25.6 ms; docs/bench.md). Off unless asked.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.spin = spin
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -166,6 +172,7 @@ class OrtSession(Session):
             "version": self._ort.__version__,
             "provider": "CPUExecutionProvider",
             "graph_optimization": self.graph_optimization,
+            "spinning": self.spin,
         }
 
 

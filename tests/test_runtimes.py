@@ -159,6 +159,16 @@ def test_describe(art):
     assert desc["input"]["dtype"] == "float32" and desc["input"]["shape"] == [1, 3, RES, RES]
 
 
+@pytest.mark.parametrize("spin", [False, True])
+def test_ort_worker_threads_sleep_unless_asked(art, spin):
+    """Spinning workers made 2 threads slower than 1 on a shared host (runtimes/ort.py)."""
+    kwargs = {"spin": True} if spin else {}
+    session = runtimes.get_runtime("onnxruntime").load(art / "model.onnx", threads=2, **kwargs)
+    options = session._sess.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+    assert session.describe()["spinning"] is spin
+
+
 def test_openvino_runs_fp32_in_fp32_and_int8_in_int8(art):
     rt = runtimes.get_runtime("openvino")
     assert rt.load(art / "model.onnx").describe()["inference_precision"] == "<Type: 'float32'>"
