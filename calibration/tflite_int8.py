@@ -101,7 +101,7 @@ def quantize_tflite(
     config = quantization_config(per_channel, symmetric_activations, method)
     # int8 fast path (exporters/rewrites.py): also quantise the residual adds/muls the stock annotators miss
     from calibration.annotations import fast_path_quantizer
-    from exporters.rewrites import zero_padded_max_pools
+    from exporters.rewrites import avg_pools_as_depthwise, relus_through_concats, zero_padded_max_pools
 
     quantizer = fast_path_quantizer(config)
     try:
@@ -109,7 +109,11 @@ def quantize_tflite(
         with one_thread():
             litert_torch.config.show_progress = False
             graph = torch.export.export(channel_last(module), sample).module()
-            pools = zero_padded_max_pools(graph)
+            rewrites = {
+                "relu(cat) -> cat(relu)": relus_through_concats(graph),
+                "max_pool2d(-inf pad) -> PAD(0) + max_pool2d": zero_padded_max_pools(graph),
+                "avg_pool2d -> depthwise conv2d (1/k^2)": avg_pools_as_depthwise(graph),
+            }
             prepared = prepare_pt2e(graph, quantizer)
             for observer in output_observers(prepared):
                 observer.mark_output()  # argmax lives in the largest logits: a range for them
@@ -128,8 +132,7 @@ def quantize_tflite(
             f"TFLite int8 conversion failed: {type(exc).__name__}: {str(exc)[:300]}",
             "try --per-tensor or --formats onnx; report the failing op",
         ) from exc
-    rewrites = {"max_pool2d(-inf pad) -> PAD(0) + max_pool2d": pools} if pools else {}
-    return {"activation_ranges": ranges, "rewrites": rewrites}
+    return {"activation_ranges": ranges, "rewrites": {k: n for k, n in rewrites.items() if n}}
 
 
 def io_quantisation(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

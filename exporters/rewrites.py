@@ -132,11 +132,96 @@ def zero_padded_max_pools(graph: Any) -> int:
     return rewritten
 
 
+def relus_through_concats(graph: Any) -> int:
+    """Rewrite, in place, ``relu(cat([a, b]))`` into ``cat([relu(a), relu(b)])`` (elementwise, so
+    exact), dropping the ReLU of a branch already >= 0 (ShuffleNetV1's pooled shortcut).
+
+    An int8 RELU after a concatenation has its own output scale, which XNNPACK's clamp does not
+    take: it stays off the delegate and splits the graph. Moved onto the branches it fuses into
+    the convolution before it (CONV_2D with a fused ReLU) or disappears. Returns how many ReLUs moved.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    moved = 0
+    for node in list(graph.graph.nodes):
+        if not _is_relu(node) or node.args[0].target is not aten.cat.default or len(node.args[0].users) != 1:
+            continue
+        cat = node.args[0]
+        branches = []
+        with graph.graph.inserting_before(cat):
+            for branch in cat.args[0]:
+                positive = _non_negative(branch)
+                branches.append(
+                    branch if positive else graph.graph.call_function(aten.relu.default, (branch,))
+                )
+        cat.args = (branches, *cat.args[1:])
+        node.replace_all_uses_with(cat)
+        graph.graph.erase_node(node)
+        moved += 1
+    graph.recompile()
+    return moved
+
+
+def avg_pools_as_depthwise(graph: Any) -> int:
+    """Rewrite, in place, every ``avg_pool2d`` (no ceil mode; padding counted in the mean, or none)
+    into a depthwise convolution with the constant weight 1/(kh*kw), the same sums (exact up to
+    summation order).
+
+    XNNPACK's delegate runs AVERAGE_POOL_2D in float only: an int8 one falls to the reference
+    kernel and splits the graph (ShuffleNetV1's shortcuts, CondenseNet's transitions). The
+    depthwise form is delegated, and its weights are exact on the int8 grid (all equal: code 127).
+    Returns how many pools were rewritten."""
+    import torch
+
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.avg_pool2d.default:
+            continue
+        x, kernel, stride, padding, ceil_mode, include_pad, divisor = [
+            *node.args,
+            *[None, None, [0, 0], False, True, None][len(node.args) - 1 :],
+        ][:7]
+        kernel = [kernel[0], kernel[-1]]
+        stride, padding = list(stride or kernel), [padding[0], padding[-1]]
+        if ceil_mode or divisor is not None or (any(padding) and not include_pad):
+            continue
+        channels = x.meta["val"].shape[1]
+        name = f"_avg_pool_weight_{rewritten}"
+        graph.register_buffer(name, torch.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1])))
+        with graph.graph.inserting_before(node):
+            weight = graph.graph.get_attr(name)
+            conv = graph.graph.call_function(
+                aten.conv2d.default, (x, weight, None, stride, padding, [1, 1], channels)
+            )
+        conv.meta = dict(node.meta)
+        node.replace_all_uses_with(conv)
+        graph.graph.erase_node(node)
+        rewritten += 1
+    graph.recompile()
+    return rewritten
+
+
+def _is_relu(node: Any) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in (
+        "relu",
+        "relu_",
+    )
+
+
+POOLS_AND_PADS = ("max_pool2d", "avg_pool2d", "constant_pad_nd")
+
+
 def _non_negative(node: Any) -> bool:
-    """The node is a ReLU, or a hardtanh (ReLU6) whose lower bound is >= 0."""
+    """The node's values are >= 0: a ReLU, a hardtanh (ReLU6) with a lower bound >= 0, or a pool
+    or zero pad of such a node."""
     if node.op != "call_function":
         return False
     name = getattr(node.target, "__name__", "").split(".")[0]
+    if name in POOLS_AND_PADS:
+        fill = node.args[2] if name == "constant_pad_nd" and len(node.args) > 2 else 0.0
+        return fill >= 0 and _non_negative(node.args[0])
     low = node.args[1] if name.startswith("hardtanh") and len(node.args) > 1 else 0.0
     return name in NON_NEGATIVE and low >= 0
 
@@ -144,7 +229,9 @@ def _non_negative(node: Any) -> bool:
 __all__ = [
     "HardSigmoidDecomposed",
     "HardSwishDecomposed",
+    "avg_pools_as_depthwise",
     "int8_friendly",
     "int8_friendly_copy",
+    "relus_through_concats",
     "zero_padded_max_pools",
 ]

@@ -349,3 +349,56 @@ def test_tflite_int8_stem_pool_is_delegated(tmp_path: Path) -> None:
     ops = _litert_ops(tmp_path / "stem.tflite")
     assert "PADV2" not in [op["op_name"] for op in ops]
     assert [op["op_name"] for op in ops if not op["delegated"]] == []
+
+
+class _ShuffleUnit(nn.Module):
+    """ShuffleNetV1's stride-2 unit: ReLU input, a 3x3/2 average-pool shortcut beside a conv
+    branch, concatenated, then ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+        self.shortcut = nn.AvgPool2d(3, stride=2, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        return self.head(self.relu(torch.cat((self.shortcut(x), self.branch(x)), 1))).mean((2, 3))
+
+
+def test_shuffle_unit_rewrites_are_exact_in_float() -> None:
+    from exporters.rewrites import avg_pools_as_depthwise, relus_through_concats
+
+    net, x = _ShuffleUnit().eval(), torch.from_numpy(_calib())
+    graph = torch.export.export(net, (x[:1],)).module()
+    assert relus_through_concats(graph) == 1
+    assert avg_pools_as_depthwise(graph) == 1
+    ops = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert not any("avg_pool2d" in op for op in ops)
+    assert (
+        sum("relu" in op for op in ops) == 2
+    )  # the stem's, and the conv branch's; the pooled ReLU input needs none
+    with torch.no_grad():
+        ref, got = net(x[:1]), graph(x[:1])
+    # The same sums of 9 values divided by 9, in another order: float32 rounding only.
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_tflite_int8_shuffle_unit_is_delegated_whole(tmp_path: Path) -> None:
+    """Before: AVERAGE_POOL_2D (float-only in XNNPACK) and RELU after the concat left the delegate."""
+    from calibration import tflite_int8
+    from edgekit.verify import cosine
+    from runtimes import run_file
+
+    net, calib = _ShuffleUnit().eval(), _calib()
+    info = tflite_int8.quantize_tflite(net, tmp_path / "unit.tflite", calib, method="minmax")
+    assert info["rewrites"] == {"relu(cat) -> cat(relu)": 1, "avg_pool2d -> depthwise conv2d (1/k^2)": 1}
+    ops = _litert_ops(tmp_path / "unit.tflite")
+    assert [op["op_name"] for op in ops if not op["delegated"]] == []
+    assert not {"AVERAGE_POOL_2D", "RELU"} & {op["op_name"] for op in ops}
+    with torch.no_grad():
+        ref = net(torch.from_numpy(calib)).numpy()
+    out = run_file(tmp_path / "unit.tflite", calib, "NHWC", "litert")
+    assert cosine(ref, out).min() > 0.99  # 8-bit activations on 8 of the calibration inputs themselves
