@@ -165,6 +165,18 @@ _BUILTIN = (
         companions=("model.ncnn.bin",),
     ),
     Format(
+        "ncnn-fp16",
+        "ncnn",
+        "model_fp16.ncnn.param",
+        Precision.FP16,
+        Layout.NCHW,
+        "exporters.ncnn:write_fp16",
+        ("ncnn",),
+        ("ncnn", "pnnx"),
+        source="onnx-fp32",
+        companions=("model_fp16.ncnn.bin",),
+    ),
+    Format(
         "onnx-int8",
         "onnx",
         "model_int8.onnx",

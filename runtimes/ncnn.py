@@ -1,8 +1,10 @@
 """ncnn: the engine for ``.ncnn.param`` files (weights in the ``.ncnn.bin`` beside), CPU only.
 
-ncnn's options default to fp16 storage and arithmetic: a session sets them off before loading, so
-an fp32 file runs in fp32 (``fp16=True`` asks for the fp16-storage path, ncnn's default on ARM).
-One extractor per inference, one CHW image per call, as ncnn's API takes them.
+ncnn's options default to fp16 storage and arithmetic: a session sets them before loading from the
+file's format, so ``ncnn-fp32`` runs in fp32 and ``ncnn-fp16`` (float16 weights) with ncnn's
+defaults, what ncnn users get: fp16 storage (F16C on x86, every ARMv8) and fp16 arithmetic where
+the CPU has it (ARMv8.2 asimdhp: Cortex-A76/Pi 5; not Cortex-A72/Pi 4, not x86 in this build).
+``fp16=`` overrides. One extractor per inference, one CHW image per call, as ncnn's API takes them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ class NcnnRuntime(Runtime):
         return ncnn.__version__
 
     def load(self, path: str | os.PathLike[str], threads: int = 1, **opts: Any) -> NcnnSession:
+        opts.setdefault("fp16", fp16_file(path))
         return NcnnSession(path, threads, **opts)
+
+
+def fp16_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file is an fp16 format's (``model_fp16.ncnn.param``), by the format registry."""
+    from edgekit.formats import Precision, for_file
+
+    return for_file(path).precision is Precision.FP16
 
 
 class NcnnSession(Session):

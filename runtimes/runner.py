@@ -1,11 +1,13 @@
 """Run one model file, time it, print ONE JSON object on stdout. Executed unchanged on every target.
 
-Standalone on purpose: stdlib + numpy + the engine (onnxruntime, or ai_edge_litert with
-tflite_runtime as fallback), nothing of the project, Python >= 3.8, so it can be copied to a
-Raspberry Pi, an Android shell or a qemu rootfs and run as is::
+Standalone on purpose: stdlib + numpy + the engine (onnxruntime; ai_edge_litert with
+tflite_runtime as fallback; ncnn; openvino), nothing of the project, Python >= 3.8, so it can be
+copied to a Raspberry Pi, an Android shell or a qemu rootfs and run as is. Each engine is imported
+only when asked for: a board without it gets a clean "not installed" (exit 3), never a crash::
 
     python3 runner.py --model m.tflite --engine litert --threads 4 --warmup 5 --runs 50 \
-        [--input in.npy] [--output out.npy] [--no-xnnpack] [--seed 0]
+        [--input in.npy] [--output out.npy] [--no-xnnpack] [--fp16] [--seed 0]
+    python3 runner.py --model m.ncnn.param --engine ncnn     # reads m.ncnn.bin beside it
     python3 runner.py --probe        # machine + which engines import
 
 Input is a float array in the file's own layout; int8/uint8 inputs are quantised with the file's
@@ -23,7 +25,7 @@ import platform
 import sys
 import time
 
-ENGINES = ("onnxruntime", "litert")
+ENGINES = ("onnxruntime", "litert", "ncnn", "openvino")
 EXIT_FAILED = 2
 EXIT_NO_ENGINE = 3
 
@@ -105,30 +107,56 @@ def machine():
 # --- the engines ------------------------------------------------------------------------------
 
 
-def _engine_versions():
-    versions = {}
-    try:
-        import onnxruntime
+def _ort_version():
+    import onnxruntime
 
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        versions["onnxruntime"] = None
+    return onnxruntime.__version__
+
+
+def _litert_version():
     try:
         import ai_edge_litert
 
-        versions["litert"] = "ai-edge-litert " + getattr(ai_edge_litert, "__version__", "?")
+        return "ai-edge-litert " + getattr(ai_edge_litert, "__version__", "?")
     except ImportError:
-        try:
-            import tflite_runtime
+        import tflite_runtime
 
-            versions["litert"] = "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+        return "tflite-runtime " + getattr(tflite_runtime, "__version__", "?")
+
+
+def _ncnn_version():
+    import ncnn
+
+    return ncnn.__version__
+
+
+def _openvino_version():
+    import openvino
+
+    return openvino.__version__.split("-")[0]
+
+
+_VERSIONS = {
+    "onnxruntime": _ort_version,
+    "litert": _litert_version,
+    "ncnn": _ncnn_version,
+    "openvino": _openvino_version,
+}
+
+
+def _engine_versions(engines=ENGINES):
+    """Each engine's version, or None when it does not import (a missing engine, not an error)."""
+    versions = {}
+    for engine in engines:
+        try:
+            versions[engine] = _VERSIONS[engine]()
         except ImportError:
-            versions["litert"] = None
+            versions[engine] = None
     return versions
 
 
 class OrtModel:
-    def __init__(self, path, threads, no_xnnpack):
+    def __init__(self, path, threads, no_xnnpack, fp16):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -164,7 +192,7 @@ _ORT_TYPES = {
 
 
 class LiteRtModel:
-    def __init__(self, path, threads, no_xnnpack):
+    def __init__(self, path, threads, no_xnnpack, fp16):
         try:
             from ai_edge_litert import interpreter as tfl
         except ImportError:
@@ -180,7 +208,7 @@ class LiteRtModel:
         if no_xnnpack:
             # XNNPACK is LiteRT's default CPU delegate; without it the reference builtin kernels run.
             kwargs["experimental_op_resolver_type"] = tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.version = _engine_versions()["litert"]
+        self.version = _litert_version()
         self.interp = tfl.Interpreter(**kwargs)
         self.interp.allocate_tensors()
         inp = self.interp.get_input_details()[0]
@@ -205,15 +233,122 @@ class LiteRtModel:
         return y
 
 
-def load(engine, path, threads, no_xnnpack):
-    cls = {"onnxruntime": OrtModel, "litert": LiteRtModel}[engine]
+class NcnnModel:
+    """A ``.param`` with its ``.bin`` beside. ncnn's options default to fp16 storage and arithmetic;
+    they are set before loading: off for an fp32 file, ncnn's defaults with ``--fp16``."""
+
+    def __init__(self, path, threads, no_xnnpack, fp16):
+        try:
+            import ncnn
+        except ImportError as exc:
+            raise RunnerError(
+                "ncnn is not installed on the target", "pip install ncnn", EXIT_NO_ENGINE
+            ) from exc
+        weights = os.path.splitext(path)[0] + ".bin"
+        if not os.path.isfile(weights):
+            raise RunnerError(
+                f"{os.path.basename(weights)} not found beside {os.path.basename(path)}",
+                "copy the .bin with the .param (ncnn keeps the weights apart)",
+            )
+        self._ncnn = ncnn
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        opt.num_threads = threads
+        opt.use_vulkan_compute = False
+        opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16
+        opt.use_bf16_storage = False
+        if self.net.load_param(path) != 0 or self.net.load_model(weights) != 0:
+            raise RunnerError(
+                f"ncnn cannot load {os.path.basename(path)} with {os.path.basename(weights)}",
+                "check that the pair was written together and is not truncated",
+            )
+        self.version = ncnn.__version__
+        self.input_name = self.net.input_names()[0]
+        self.output_name = self.net.output_names()[0]
+        self.shape = _ncnn_input_shape(path)
+        self.dtype = "float32"
+        self.quant = None
+        self.output_quant = None
+
+    def __call__(self, x):
+        import numpy as np
+
+        outputs = []
+        for sample in x:  # ncnn takes one CHW image per extractor
+            with self.net.create_extractor() as ex:
+                ex.input(self.input_name, self._ncnn.Mat(np.ascontiguousarray(sample)).clone())
+                _, out = ex.extract(self.output_name)
+                outputs.append(np.array(out).reshape(-1))
+        return np.stack(outputs)
+
+    def dequantize(self, y):
+        return y
+
+
+def _ncnn_input_shape(path):
+    """[1, c, h, w] from the Input layer's ``0=w 1=h 2=c`` (edgekit writes them; -1 when absent)."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh.read().splitlines()[2:]:
+            fields = line.split()
+            if fields and fields[0] == "Input":
+                params = dict(f.split("=", 1) for f in fields[5:] if "=" in f)
+                return [1, *(int(params.get(k, -1)) for k in ("2", "1", "0"))]
+    return [1, -1, -1, -1]
+
+
+class OpenVinoModel:
+    """OpenVINO's CPU plug-in on an ``.onnx`` file; f32 inference precision, never a silent bf16."""
+
+    def __init__(self, path, threads, no_xnnpack, fp16):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise RunnerError(
+                "openvino is not installed on the target",
+                "pip install --no-deps openvino (its telemetry package is not needed)",
+                EXIT_NO_ENGINE,
+            ) from exc
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.compiled = ov.Core().compile_model(path, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.version = _openvino_version()
+        shape = self.compiled.inputs[0].get_partial_shape()
+        self.shape = [d.get_length() if d.is_static else -1 for d in shape]
+        self.dtype = "float32"
+        self.quant = None  # QDQ models keep float I/O, as in ONNX Runtime
+        self.output_quant = None
+
+    def __call__(self, x):
+        return self.request.infer({0: x})[0].copy()
+
+    def dequantize(self, y):
+        return y
+
+
+_MODELS = {"onnxruntime": OrtModel, "litert": LiteRtModel, "ncnn": NcnnModel, "openvino": OpenVinoModel}
+
+
+def _reason(exc):
+    """The engine's own words: the first line that is not a C++ source location (OpenVINO's
+    messages start with "Exception from src/...:132:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    words = [line for line in lines if not line.startswith("Exception from ")]
+    return (words or lines or [type(exc).__name__])[0]
+
+
+def load(engine, path, threads, no_xnnpack, fp16=False):
     try:
-        return cls(path, threads, no_xnnpack)
+        return _MODELS[engine](path, threads, no_xnnpack, fp16)
     except RunnerError:
         raise
     except Exception as exc:  # any engine's load failure is reported the same way
         raise RunnerError(
-            f"{engine} cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}",
+            f"{engine} cannot load {os.path.basename(path)}: {_reason(exc)}",
             "check that the file was written for this engine and is not truncated",
         ) from exc
 
@@ -241,6 +376,11 @@ def prepare(model, x):
 def random_input(model, seed):
     import numpy as np
 
+    if any(d <= 0 for d in model.shape[1:]):
+        raise RunnerError(
+            f"the model's input shape {model.shape} is not fixed: no latency input can be made",
+            "pass --input FILE.npy in the model's layout (edgekit's ncnn files record their shape)",
+        )
     shape = [d if d > 0 else 1 for d in model.shape]
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
@@ -267,7 +407,7 @@ def run(args):
     if not os.path.isfile(args.model):
         raise RunnerError(f"model file not found: {args.model}", "copy the model to the target first")
     start = time.perf_counter()
-    model = load(args.engine, args.model, args.threads, args.no_xnnpack)
+    model = load(args.engine, args.model, args.threads, args.no_xnnpack, args.fp16)
     load_ms = (time.perf_counter() - start) * 1e3
 
     if args.input:
@@ -287,6 +427,7 @@ def run(args):
         "engine_version": model.version,
         "threads": args.threads,
         "xnnpack": args.engine == "litert" and not args.no_xnnpack,
+        "fp16": args.fp16,
         "input": {"shape": model.shape, "dtype": model.dtype, "quant": model.quant},
         "output_quant": model.output_quant,
         "load_ms": round(load_ms, 4),
@@ -314,6 +455,9 @@ def parse_args(argv):
     p.add_argument("--input", help=".npy float array in the model's layout (default: seeded random)")
     p.add_argument("--output", help="write the (dequantised) outputs here as .npy")
     p.add_argument("--no-xnnpack", action="store_true", help="LiteRT: builtin kernels, no XNNPACK")
+    p.add_argument(
+        "--fp16", action="store_true", help="an fp16 file: ncnn runs it with fp16 storage/arithmetic"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if not args.probe and not (args.model and args.engine):

@@ -3,19 +3,31 @@
 # debootstrap's first stage (downloads only, no arm64 code runs), the .debs unpacked with
 # dpkg-deb, the engines' aarch64 wheels in /opt/edgekit-site, and a Raspberry-Pi-4-like
 # /proc/cpuinfo (qemu -L serves it; ONNX Runtime and LiteRT crash on the host's x86 one).
-# Idempotent: a stamp records what was built; the .deb and pip caches make rebuilds fast.
+# Then a second layer, /opt/edgekit-engines: ncnn and OpenVINO, each wheel pinned by version and
+# sha256 and cached in pi-wheels/. ExecuTorch is left out: its runtime links libtorch, and the
+# aarch64 torch wheel is 427 MB (docs/targets.md).
+# Idempotent: a stamp per layer records what was built; a changed layer alone is rebuilt (adding
+# the engine layer to an existing rootfs leaves the base untouched), the caches make rebuilds fast.
 set -euo pipefail
 
 CACHE="${EDGEKIT_CACHE:-$HOME/.cache/edgekit}"
 ROOTFS="$CACHE/pi-rootfs"
 DEB_CACHE="$CACHE/pi-debs"
+WHEEL_CACHE="$CACHE/pi-wheels"
+ENGINES_DIR="$ROOTFS/opt/edgekit-engines"
 SUITE=bookworm
 PY_VERSION=3.11   # bookworm's python3
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 HOST_PY="${HOST_PY:-$HERE/.venv/bin/python}"
 # The engine pins follow requirements.lock so the emulated Pi runs what the host runs.
-pin() { grep -i "^$1==" "$HERE/requirements.lock" | head -n1; }
+pin() { cat "$HERE/requirements.lock" "$HERE/requirements-nodeps.lock" | grep -i "^$1==" | head -n1; }
 WHEELS="$(pin numpy) $(pin onnxruntime) $(pin ai-edge-litert)"
+# The engine layer: installed with --no-deps (numpy is in the base; openvino-telemetry is left out
+# on purpose, as in requirements-nodeps.lock) and --require-hashes: the aarch64 wheels' sha256.
+ENGINE_WHEELS=(
+    "ncnn==1.0.20261020 --hash=sha256:0503da4f3960ee2e555feef55db13adffd6c62eb59a4bd22f8083b12d1757ad8"
+    "openvino==2026.4.1 --hash=sha256:bea1eb3733c34ef331adc945da0ccda5937865031139073663be84c517ffda22"
+)
 
 # The mirror apt is already configured with (the machine may only reach that one).
 mirror() {
@@ -30,58 +42,101 @@ mirror() {
 
 MIRROR="$(mirror)"
 STAMP_TEXT="suite=$SUITE python=$PY_VERSION wheels=$WHEELS mirror=$MIRROR script=3"
-
-if [[ -f "$ROOTFS/.edgekit-stamp" && "$(cat "$ROOTFS/.edgekit-stamp")" == "$STAMP_TEXT" \
-      && -x "$ROOTFS/usr/bin/python3" ]]; then
-    echo "pi-rootfs: up to date ($ROOTFS)"
-    exit 0
-fi
-
-for tool in debootstrap dpkg-deb qemu-aarch64-static; do
-    command -v "$tool" >/dev/null || {
-        echo "error: $tool not found; install it: apt-get install debootstrap qemu-user-static" >&2
-        exit 1
-    }
-done
-[[ -x "$HOST_PY" ]] || { echo "error: $HOST_PY not found; run \`make setup\` first" >&2; exit 1; }
-
-# Build next to the final folder and move it in at the end, so a failed build never leaves a
-# half rootfs behind the stamp.
-BUILD="$ROOTFS.build"
-rm -rf "$BUILD"
-mkdir -p "$BUILD" "$DEB_CACHE"
-
-echo "pi-rootfs: debootstrap $SUITE arm64 from $MIRROR"
-debootstrap --arch=arm64 --foreign --variant=minbase --include=python3 \
-    --cache-dir="$DEB_CACHE" "$SUITE" "$BUILD" "$MIRROR" >"$CACHE/pi-debootstrap.log" 2>&1 || {
-    echo "error: debootstrap failed (see $CACHE/pi-debootstrap.log); is $MIRROR reachable?" >&2
-    exit 1
-}
-
-echo "pi-rootfs: unpacking $(ls "$BUILD"/var/cache/apt/archives/*.deb | wc -l) packages"
-for deb in "$BUILD"/var/cache/apt/archives/*.deb; do
-    dpkg-deb -x "$deb" "$BUILD"
-done
-rm -f "$BUILD"/var/cache/apt/archives/*.deb
-
-PY_BIN="$BUILD/usr/bin/python$PY_VERSION"
-[[ -x "$PY_BIN" ]] || { echo "error: $SUITE did not bring python$PY_VERSION" >&2; exit 1; }
-ln -sf "python$PY_VERSION" "$BUILD/usr/bin/python3"
+ENGINES_STAMP="engines=${ENGINE_WHEELS[*]} python=$PY_VERSION layer=1"
 
 # A narrow platform list silently resolves old wheels (LiteRT), so list every glibc up to
-# bookworm's 2.36.
+# bookworm's 2.36 (OpenVINO's aarch64 wheel is manylinux_2_35).
 PLATFORMS=(--platform manylinux2014_aarch64)
 for minor in $(seq 17 36); do PLATFORMS+=(--platform "manylinux_2_${minor}_aarch64"); done
-echo "pi-rootfs: aarch64 wheels: $WHEELS"
-# shellcheck disable=SC2086
-"$HOST_PY" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts --only-binary=:all: \
-    --target "$BUILD/opt/edgekit-site" --python-version "$PY_VERSION" --implementation cp \
-    "${PLATFORMS[@]}" $WHEELS
+PIP=("$HOST_PY" -m pip --disable-pip-version-check)
+AARCH64=(--only-binary=:all: --python-version "$PY_VERSION" --implementation cp "${PLATFORMS[@]}")
 
-mkdir -p "$BUILD/proc"
-# Raspberry Pi 4 (BCM2711, 4x Cortex-A72) as its kernel reports it.
-for cpu in 0 1 2 3; do
-    cat <<EOF
+base_current() {
+    [[ -f "$ROOTFS/.edgekit-stamp" && "$(cat "$ROOTFS/.edgekit-stamp")" == "$STAMP_TEXT" \
+        && -x "$ROOTFS/usr/bin/python3" ]]
+}
+
+engines_current() {
+    [[ -f "$ENGINES_DIR/.edgekit-stamp" && "$(cat "$ENGINES_DIR/.edgekit-stamp")" == "$ENGINES_STAMP" ]]
+}
+
+check_engine_pins() {
+    # The hashes belong to these versions: a lock that moves on must move them too.
+    local wanted name
+    for wanted in "${ENGINE_WHEELS[@]}"; do
+        name="${wanted%%==*}"
+        [[ "$(pin "$name")" == "${wanted%% *}" ]] || {
+            echo "error: the locks pin '$(pin "$name")' but scripts/pi-rootfs.sh has ${wanted%% *};" \
+                "update ENGINE_WHEELS (version and sha256 of the aarch64 wheel)" >&2
+            exit 1
+        }
+    done
+}
+
+add_engines() {
+    check_engine_pins
+    local reqs build
+    reqs="$(mktemp)"
+    printf '%s\n' "${ENGINE_WHEELS[@]}" >"$reqs"
+    mkdir -p "$WHEEL_CACHE"
+    echo "pi-rootfs: engine layer: ${ENGINE_WHEELS[*]%% *}"
+    # Downloaded once into the cache; pip checks every file, cached or new, against its sha256.
+    "${PIP[@]}" download --quiet --no-deps "${AARCH64[@]}" --require-hashes -r "$reqs" \
+        -d "$WHEEL_CACHE" || {
+        echo "error: the aarch64 engine wheels did not download or failed their sha256 check" >&2
+        exit 1
+    }
+    # Built beside and moved in whole, so a failure never leaves half a layer behind its stamp.
+    build="$ENGINES_DIR.build"
+    rm -rf "$build"
+    "${PIP[@]}" install --quiet --no-warn-conflicts --no-index --find-links "$WHEEL_CACHE" \
+        --no-deps "${AARCH64[@]}" --require-hashes -r "$reqs" --target "$build"
+    rm -f "$reqs"
+    echo "$ENGINES_STAMP" >"$build/.edgekit-stamp"
+    rm -rf "$ENGINES_DIR"
+    mv "$build" "$ENGINES_DIR"
+    echo "pi-rootfs: added $ENGINES_DIR ($(du -sh "$ENGINES_DIR" | cut -f1))"
+}
+
+build_base() {
+    for tool in debootstrap dpkg-deb qemu-aarch64-static; do
+        command -v "$tool" >/dev/null || {
+            echo "error: $tool not found; install it: apt-get install debootstrap qemu-user-static" >&2
+            exit 1
+        }
+    done
+
+    # Build next to the final folder and move it in at the end, so a failed build never leaves a
+    # half rootfs behind the stamp.
+    BUILD="$ROOTFS.build"
+    rm -rf "$BUILD"
+    mkdir -p "$BUILD" "$DEB_CACHE"
+
+    echo "pi-rootfs: debootstrap $SUITE arm64 from $MIRROR"
+    debootstrap --arch=arm64 --foreign --variant=minbase --include=python3 \
+        --cache-dir="$DEB_CACHE" "$SUITE" "$BUILD" "$MIRROR" >"$CACHE/pi-debootstrap.log" 2>&1 || {
+        echo "error: debootstrap failed (see $CACHE/pi-debootstrap.log); is $MIRROR reachable?" >&2
+        exit 1
+    }
+
+    echo "pi-rootfs: unpacking $(ls "$BUILD"/var/cache/apt/archives/*.deb | wc -l) packages"
+    for deb in "$BUILD"/var/cache/apt/archives/*.deb; do
+        dpkg-deb -x "$deb" "$BUILD"
+    done
+    rm -f "$BUILD"/var/cache/apt/archives/*.deb
+
+    PY_BIN="$BUILD/usr/bin/python$PY_VERSION"
+    [[ -x "$PY_BIN" ]] || { echo "error: $SUITE did not bring python$PY_VERSION" >&2; exit 1; }
+    ln -sf "python$PY_VERSION" "$BUILD/usr/bin/python3"
+
+    echo "pi-rootfs: aarch64 wheels: $WHEELS"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" install --quiet --no-warn-conflicts "${AARCH64[@]}" --target "$BUILD/opt/edgekit-site" $WHEELS
+
+    mkdir -p "$BUILD/proc"
+    # Raspberry Pi 4 (BCM2711, 4x Cortex-A72) as its kernel reports it.
+    for cpu in 0 1 2 3; do
+        cat <<EOF
 processor	: $cpu
 BogoMIPS	: 108.00
 Features	: fp asimd evtstrm crc32 cpuid
@@ -92,14 +147,27 @@ CPU part	: 0xd08
 CPU revision	: 3
 
 EOF
-done >"$BUILD/proc/cpuinfo"
-cat >>"$BUILD/proc/cpuinfo" <<EOF
+    done >"$BUILD/proc/cpuinfo"
+    cat >>"$BUILD/proc/cpuinfo" <<EOF
 Hardware	: BCM2835
 Revision	: c03114
 Model		: Raspberry Pi 4 Model B Rev 1.4
 EOF
 
-echo "$STAMP_TEXT" >"$BUILD/.edgekit-stamp"
-rm -rf "$ROOTFS"
-mv "$BUILD" "$ROOTFS"
-echo "pi-rootfs: built $ROOTFS ($(du -sh "$ROOTFS" | cut -f1))"
+    echo "$STAMP_TEXT" >"$BUILD/.edgekit-stamp"
+    rm -rf "$ROOTFS"
+    mv "$BUILD" "$ROOTFS"
+    echo "pi-rootfs: built $ROOTFS ($(du -sh "$ROOTFS" | cut -f1))"
+}
+
+[[ -x "$HOST_PY" ]] || { echo "error: $HOST_PY not found; run \`make setup\` first" >&2; exit 1; }
+if base_current; then
+    echo "pi-rootfs: base up to date ($ROOTFS)"
+else
+    build_base
+fi
+if engines_current; then
+    echo "pi-rootfs: engine layer up to date ($ENGINES_DIR)"
+else
+    add_engines
+fi

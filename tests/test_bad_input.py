@@ -231,7 +231,7 @@ def test_bench_on_an_emulated_pi_skips_the_torch_file(small_artifact: Path) -> N
 
     _, jobs, skipped = plan(small_artifact, None)
     kept, skipped = _runnable_on("pi4-emu", jobs, skipped)
-    assert {j.runtime for j in kept} == {"onnxruntime", "litert"}
+    assert {j.runtime for j in kept} == {"onnxruntime", "openvino", "litert"}
     torch_skip = next(s for s in skipped if s["runtime"] == "torch")
     assert "model.pt2 is measured locally" in torch_skip["reason"]
 

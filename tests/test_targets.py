@@ -1,11 +1,13 @@
 """Targets: the runner, local, the emulated Pi (real qemu + arm64 rootfs), SSH (a real sshd on
-127.0.0.1) and adb (tests/fake_adb/adb, a local stand-in: no Android device is involved)."""
+127.0.0.1; one test logs in to the rootfs's Python under qemu) and adb (tests/fake_adb/adb, a
+local stand-in: no Android device is involved)."""
 
 from __future__ import annotations
 
 import getpass
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from conftest import free_port
 from edgekit.errors import TargetError, UsageError
 from runtimes.targets import RUNNER, get_target
 from runtimes.targets.local import LocalTarget
-from runtimes.targets.qemu import QemuTarget, rootfs_dir
+from runtimes.targets.qemu import ENGINES_SITE, QemuTarget, rootfs_dir
 
 RES = 32
 FAKE_ADB = Path(__file__).parent / "fake_adb"
@@ -115,6 +117,23 @@ def models(tmp_path_factory) -> Path:
     net = _tiny_net()
     _write_onnx(net, folder)
     _write_tflite(net, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ncnn_models(models: Path) -> Path:
+    """m.onnx through pnnx as edgekit writes it: model.ncnn.* (fp32) and model_fp16.ncnn.* (fp16)."""
+    pytest.importorskip("pnnx")
+    import torch
+
+    from edgekit.formats import WriteRequest
+    from exporters.ncnn import convert
+
+    folder = models / "ncnn"
+    folder.mkdir()
+    for name, fp16 in (("model.ncnn.param", False), ("model_fp16.ncnn.param", True)):
+        request = WriteRequest(None, torch.zeros(1, 3, RES, RES), folder / name, source=models / "m.onnx")
+        convert(request, fp16)
     return folder
 
 
@@ -306,6 +325,56 @@ def test_pi5_emu_runs_int8_litert(models, batch, x86):
     assert np.abs(result["outputs"] - x86["m_int8.tflite"]).max() <= 2 * _lsb(models, "m_int8.tflite")
 
 
+needs_engines = pytest.mark.skipif(
+    not (rootfs_dir() / ENGINES_SITE / ".edgekit-stamp").exists(),
+    reason="the rootfs has no engine layer (ncnn, openvino): run `make pi-rootfs`",
+)
+# fp16 files: float16 weights, activations stored in float16. Pi 4 (A72) and x86 both compute in
+# float32 between fp16 stores, so they differ by summation order plus the odd store rounded the
+# other way: one float16 step (2**-11 relative) of the largest logit, with 2x headroom.
+FP16_STEP = 2.0**-11
+
+
+def _local(path: Path, engine: str, x: np.ndarray) -> np.ndarray:
+    return LocalTarget().run(path, engine, warmup=0, runs=1, inputs=x)["outputs"]
+
+
+@needs_rootfs
+@needs_engines
+def test_pi4_emu_runs_ncnn_fp32_and_fp16(ncnn_models, batch):
+    target = get_target("pi4-emu")
+    for name, fp16 in (("model.ncnn.param", False), ("model_fp16.ncnn.param", True)):
+        result = target.run(ncnn_models / name, "ncnn", warmup=0, runs=1, inputs=batch["NCHW"])
+        x86 = _local(ncnn_models / name, "ncnn", batch["NCHW"])
+        assert result["fp16"] is fp16 and result["machine"]["arch"] == "aarch64" and result["emulated"]
+        diff = np.abs(result["outputs"] - x86).max()
+        # fp32: summation order only (the float tolerance of the other engines).
+        assert diff <= (2 * FP16_STEP * np.abs(x86).max() if fp16 else 1e-4), f"{name}: {diff:.3g}"
+        assert (result["outputs"].argmax(1) == x86.argmax(1)).all()
+
+
+@needs_rootfs
+@needs_engines
+def test_pi_emu_runs_onnx_in_openvino(models, batch, x86):
+    # Pi 4: float only (OpenVINO 2026.4 does not compile QDQ int8 for ARMv8.0 cores: docs/targets.md).
+    fp32 = get_target("pi4-emu").run(models / "m.onnx", "openvino", warmup=0, runs=1, inputs=batch["NCHW"])
+    assert fp32["engine"] == "openvino" and fp32["engine_version"].startswith("2026.")
+    np.testing.assert_allclose(fp32["outputs"], x86["m.onnx"], atol=1e-4)
+    int8 = get_target("pi5-emu").run(
+        models / "m_int8.onnx", "openvino", warmup=0, runs=1, inputs=batch["NCHW"]
+    )
+    # Another engine's int8 kernels on another CPU: within a few output steps of ONNX Runtime on x86.
+    assert np.abs(int8["outputs"] - x86["m_int8.onnx"]).max() <= 4 * _lsb(models, "m_int8.onnx")
+
+
+def test_targets_leave_executorch_local_with_the_reason(tmp_path):
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(b"not run")
+    with pytest.raises(TargetError) as err:
+        get_target("pi4-emu").run(pte, "executorch")
+    assert "links libtorch" in err.value.message and "--target local" in err.value.hint
+
+
 # --- SSH against a real OpenSSH server on 127.0.0.1 ------------------------------------------------
 
 
@@ -327,6 +396,25 @@ def test_ssh_matches_local(sshd, name, models, batch, x86):
     assert result["target"].startswith("ssh://") and result["emulated"] is False
     assert len(result["latencies_ms"]) == 3
     np.testing.assert_allclose(result["outputs"], x86[name], atol=1e-6)
+
+
+@needs_rootfs
+@needs_engines
+def test_ssh_to_an_arm64_python_runs_ncnn(sshd, ncnn_models, batch, tmp_path):
+    """The remote Python is the rootfs's under qemu (a Pi's Python as far as SSH can tell): the
+    runner, the .param and its .bin go over scp, the outputs come back."""
+    pi = get_target("pi4-emu")
+    python = tmp_path / "arm64-python"
+    env = [f"{k}={v}" for k, v in pi._env().items() if k.startswith("PYTHON")]
+    python.write_text(f'#!/bin/sh\nexec env {shlex.join([*env, *pi._command()])} "$@"\n')
+    python.chmod(0o755)
+    target = _ssh(sshd, remote_python=str(python))
+    result = target.run(ncnn_models / "model.ncnn.param", "ncnn", warmup=0, runs=2, inputs=batch["NCHW"])
+    assert result["machine"]["arch"] == "aarch64" and len(result["latencies_ms"]) == 2
+    assert (
+        np.abs(result["outputs"] - _local(ncnn_models / "model.ncnn.param", "ncnn", batch["NCHW"])).max()
+        <= 1e-4
+    )
 
 
 def test_ssh_unknown_host_key_is_refused(sshd, models):

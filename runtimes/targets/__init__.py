@@ -1,8 +1,10 @@
 """Targets: *where* a model runs (this machine, an emulated Pi, a Pi over SSH, a phone over adb).
 
-The engine (onnxruntime, litert) is chosen separately; every target copies the model and the one
-standalone ``runtimes/runner.py`` to its working folder, runs it there and parses the single JSON
-object it prints. Subclasses implement only the transport (``_execute``) and ``check``.
+The engine (onnxruntime, litert, ncnn, openvino) is chosen separately; every target copies the
+model (with its companion files: ncnn's .bin) and the one standalone ``runtimes/runner.py`` to its
+working folder, runs it there and parses the single JSON object it prints. Subclasses implement
+only the transport (``_execute``) and ``check``. ExecuTorch and torch files run locally only:
+their Python runtimes need torch on the target (see ``LOCAL_ONLY``).
 
     target = get_target("pi4-emu")
     target.check()
@@ -25,7 +27,13 @@ if TYPE_CHECKING:
     import numpy as np
 
 RUNNER = Path(__file__).resolve().parent.parent / "runner.py"
-ENGINES = ("onnxruntime", "litert")  # what runner.py can load (model.pt2 needs torch: local only)
+ENGINES = ("onnxruntime", "litert", "ncnn", "openvino")  # what runner.py can load
+# Engines the runner leaves out, and why (bench and eval skip them on a target with ENGINES).
+LOCAL_ONLY = {
+    "torch": "model.pt2 needs torch on the target",
+    "executorch": "ExecuTorch's Python binding links libtorch, so a .pte needs torch on the target "
+    "(the aarch64 torch wheel is 427 MB); the emulated Pi's rootfs leaves it out",
+}
 INPUT_FILE = "input.npy"
 OUTPUT_FILE = "output.npy"
 EMULATION_NOTE = "qemu user-mode emulation: not representative of the device"
@@ -71,6 +79,18 @@ class Target:
         model = Path(model_path)
         if not model.is_file():
             raise UsageError(f"model file not found: {model}", "export it first: `edgekit export NAME`")
+        if engine not in ENGINES:
+            raise TargetError(
+                f"{self.name} cannot run {engine}: {LOCAL_ONLY.get(engine, 'runner.py does not know it')}",
+                f"run {model.name} with --target local, or choose a format for {', '.join(ENGINES)}",
+            )
+        fmt = _format_of(model)
+        companions = [model.with_suffix(Path(name).suffix) for name in (fmt.companions if fmt else ())]
+        for companion in companions:
+            if not companion.is_file():
+                raise UsageError(
+                    f"{companion.name} not found beside {model.name}", "copy the files of a format together"
+                )
         argv = [
             "--model",
             model.name,
@@ -87,7 +107,9 @@ class Target:
         ]
         if no_xnnpack:
             argv.append("--no-xnnpack")
-        files = [RUNNER, model]
+        if fmt is not None and fmt.precision == "fp16":
+            argv.append("--fp16")  # ncnn's fp16 is a runtime option; the other engines' is in the file
+        files = [RUNNER, model, *companions]
         with tempfile.TemporaryDirectory(prefix="edgekit-run-") as tmp:
             local = Path(tmp)
             if inputs is not None:
@@ -156,6 +178,16 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}{' (emulated)' if self.emulated else ''}>"
+
+
+def _format_of(model: Path) -> Any:
+    """The file's format by its name (``model_fp16.ncnn.param`` -> ncnn-fp16), None if unknown."""
+    from edgekit.formats import for_file
+
+    try:
+        return for_file(model)
+    except UsageError:
+        return None
 
 
 def run_command(cmd: list[str], timeout: float, what: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:

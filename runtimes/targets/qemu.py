@@ -1,9 +1,10 @@
 """The emulated Raspberry Pi: qemu user-mode running an arm64 Debian Python on this machine.
 
 ``pi4-emu`` emulates a Cortex-A72 (Raspberry Pi 4), ``pi5-emu`` a Cortex-A76 (Raspberry Pi 5).
-The rootfs (Debian bookworm arm64 + aarch64 wheels of numpy, onnxruntime and ai-edge-litert)
-is built by ``make pi-rootfs`` into ``$EDGEKIT_CACHE/pi-rootfs``. qemu's ``-L`` serves files
-from it first, including a Pi-like ``/proc/cpuinfo`` (the engines crash on the host's x86 one).
+The rootfs (Debian bookworm arm64 + aarch64 wheels of numpy, onnxruntime and ai-edge-litert,
+and a layer with ncnn and openvino) is built by ``make pi-rootfs`` into ``$EDGEKIT_CACHE/pi-rootfs``.
+qemu's ``-L`` serves files from it first, including a Pi-like ``/proc/cpuinfo`` (the engines crash
+on the host's x86 one). ExecuTorch is not in it: its runtime needs the 427 MB aarch64 torch.
 
 What it is good for: the ARM kernels' *outputs* (fp32 and int8 rounding on ARM vs x86). What it
 is not: a timing. Emulation is hundreds of times slower than a Pi, so every result is flagged
@@ -23,6 +24,7 @@ from runtimes.targets.local import LocalTarget
 CPUS = {"pi4-emu": "cortex-a72", "pi5-emu": "cortex-a76"}
 QEMU = "qemu-aarch64-static"
 SITE = "opt/edgekit-site"
+ENGINES_SITE = "opt/edgekit-engines"  # ncnn, openvino: a layer added to the base (pi-rootfs.sh)
 
 
 def cache_dir() -> Path:
@@ -74,6 +76,17 @@ class QemuTarget(LocalTarget):
                     "build it with `make pi-rootfs` (about 1-2 minutes, needs a Debian mirror)",
                 )
 
+    def _parse(self, stdout: str) -> dict[str, Any]:
+        try:
+            return super()._parse(stdout)
+        except TargetError as exc:
+            if "is not installed on the target" not in exc.message:
+                raise
+            raise TargetError(
+                exc.message,
+                "add the engine layer to the rootfs: `make pi-rootfs` (ncnn and openvino)",
+            ) from exc
+
     def _describe(self, machine: dict[str, Any]) -> dict[str, Any]:
         # The rootfs' cpuinfo is a Pi 4's for both models, and the core count is the host's.
         return {
@@ -89,4 +102,5 @@ class QemuTarget(LocalTarget):
     def _env(self) -> dict[str, str]:
         # Only the wheels built for the rootfs; nothing of the host's Python may leak in.
         keep = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
-        return {**keep, "PYTHONPATH": str(self.rootfs / SITE), "PYTHONNOUSERSITE": "1"}
+        path = os.pathsep.join(str(self.rootfs / site) for site in (SITE, ENGINES_SITE))
+        return {**keep, "PYTHONPATH": path, "PYTHONNOUSERSITE": "1"}
