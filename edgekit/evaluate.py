@@ -21,7 +21,7 @@ import numpy as np
 
 from calibration.preprocess import PreprocessSpec
 from edgekit import formats as fmts
-from edgekit.errors import ArtifactError, UsageError
+from edgekit.errors import ArtifactError, EdgekitError, UsageError
 from edgekit.machine import facts, int8_path
 from edgekit.manifest import Manifest, check_writable, read_manifest, record_result, write_json
 from edgekit.verify import cosine, sqnr_db, top1_agreement, top5_overlap
@@ -119,7 +119,10 @@ def evaluate(
         elif remote is None or fmt.name == fmts.REFERENCE:  # the float reference runs here
             outputs[key], how[key] = run_local(manifest, fmt, engine, images, threads)
         else:
-            outputs[key], how[key] = run_on_target(remote, manifest, fmt, images, threads)
+            try:
+                outputs[key], how[key] = run_on_target(remote, manifest, fmt, engine, images, threads)
+            except EdgekitError as exc:  # one engine failing on the target is a row skipped, said why
+                skipped.append({"format": fmt.name, "runtime": engine, "reason": str(exc)})
     if remote is not None:
         how[fmts.REFERENCE]["note"] = f"run locally as the reference; not on {target}"
     reference = outputs[fmts.REFERENCE]
@@ -190,6 +193,9 @@ def runs(
     ]
     for name in chosen:
         fmt = fmts.get(name)
+        if remote is not None and fmt.engine not in ENGINES:
+            found.append((name, fmt, Skip(fmt.engine, f"{remote.name} runs {', '.join(ENGINES)} only")))
+            continue
         found.append((name, fmt, fmt.engine))
         for engine in fmt.engines[1:]:
             if engines is None or (engine not in engines and "all" not in engines):
@@ -304,14 +310,14 @@ def _remote(spec: str, timeout: float | None) -> Any:
 
 
 def run_on_target(
-    target: Any, manifest: Manifest, fmt: fmts.Format, images: np.ndarray, threads: int
+    target: Any, manifest: Manifest, fmt: fmts.Format, engine: str, images: np.ndarray, threads: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Logits of one artifact on a remote/emulated target: one runner call with every image."""
+    """Logits of one artifact in ``engine`` on a remote/emulated target: one runner call with every image."""
     x = images if fmt.layout == "NCHW" else images.transpose(0, 2, 3, 1)
-    result = target.run(manifest.file(fmt.name), fmt.engine, threads=threads, warmup=0, runs=1, inputs=x)
+    result = target.run(manifest.file(fmt.name), engine, threads=threads, warmup=0, runs=1, inputs=x)
     how = {
         "format": fmt.name,
-        "runtime": fmt.engine,
+        "runtime": engine,
         "version": result.get("engine_version"),
         "accelerator": "XNNPACK" if result.get("xnnpack") else None,
         "layout": str(fmt.layout),

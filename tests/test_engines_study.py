@@ -41,3 +41,12 @@ def test_rows_per_format_and_engine() -> None:
     assert row in text
     assert "| onnx-fp32 | openvino | 82.8 | 0.0 | 100.0 | 9.00 / 9.50 | — | — | — | — |" in text
     assert "- skipped: x / y: z" in text and "1 image = 0.4 points" in text
+
+
+def test_regenerating_keeps_the_hand_written_tail(tmp_path):
+    from edgekit.studies.engines import HAND_WRITTEN, hand_written
+
+    page = tmp_path / "engines.md"
+    assert hand_written(page) == ""
+    page.write_text(f"# tables\n| a |\n{HAND_WRITTEN} (notes) -->\nThe Pi section.\n")
+    assert hand_written(page) == f"\n{HAND_WRITTEN} (notes) -->\nThe Pi section.\n"

@@ -495,3 +495,17 @@ def test_pibench_emulated_rows_and_readme(models):
     text = pibench.readme({"target": "pi4-emu", "emulated": True, "plan": plan, "rows": rows})
     head = text.split("| model |")[0]
     assert "ESTIMATES" in head and "not representative" in head and text.count("\n| tiny |") == 2
+
+
+def test_eval_on_a_target_runs_the_engine_asked_and_skips_what_it_cannot():
+    """eval --target: an extra engine is planned on the target under its own name, and a format
+    whose default engine the runner lacks is a skip with the reason, not a failed command."""
+    from types import SimpleNamespace
+
+    from edgekit.evaluate import Skip, runs
+
+    pi = SimpleNamespace(name="pi4-emu")
+    found = {key: engine for key, _, engine in runs(["executorch-fp32", "onnx-fp32"], pi, ["openvino"])}
+    skip = found["executorch-fp32"]
+    assert isinstance(skip, Skip) and "runs onnxruntime" in skip.reason
+    assert found["onnx-fp32"] == "onnxruntime" and found["onnx-fp32 (openvino)"] == "openvino"

@@ -47,8 +47,18 @@ def run(
         results[name] = {"eval": accuracy, "bench": speed, "pretrained": pretrained}
         results[name]["fast_path"] = fast_path(folder, accuracy)
         write_json(out.with_suffix(".json"), results)
-        write_text(out, render(results, data, threads))
+        write_text(out, render(results, data, threads) + hand_written(out))
     return results
+
+
+HAND_WRITTEN = "<!-- Hand-written from here on"
+
+
+def hand_written(page: Path) -> str:
+    """The page's hand-written tail (from the ``HAND_WRITTEN`` marker on), kept across regenerations."""
+    text = page.read_text() if page.is_file() else ""
+    start = text.find(HAND_WRITTEN)
+    return "\n" + text[start:] if start >= 0 else ""
 
 
 def fast_path(folder: Path, accuracy: dict[str, Any]) -> dict[str, str]:
@@ -135,7 +145,7 @@ def main() -> None:
         results = json.loads(args.out.with_suffix(".json").read_text())
         for name, result in results.items():
             result.setdefault("fast_path", fast_path(args.artifacts / name, result["eval"]))
-        write_text(args.out, render(results, args.data, threads))
+        write_text(args.out, render(results, args.data, threads) + hand_written(args.out))
         return
     run(args.out, args.models.split(","), args.data, args.artifacts, threads, args.min_time)
 
