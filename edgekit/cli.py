@@ -209,6 +209,14 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
     help="Also run the files in these other engines of their format (e.g. openvino), or 'all'.",
 )
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=int,
+    help="Shard the images over N Ray workers (a local Ray with N CPUs; docs/scale.md).",
+)
+@click.option(
+    "--ray", "ray_address", help="Join the Ray cluster at ADDRESS (host:port of `ray start --head`)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
