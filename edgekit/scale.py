@@ -413,7 +413,7 @@ class Job:
             return self.ray.get(ref)
         except RayActorError as exc:
             raise TargetError(
-                f"a Ray worker died {MAX_RESTARTS + 1} times {what}; "
+                f"a Ray worker kept dying {what} (restarted {MAX_RESTARTS} times at most); "
                 "the run stops rather than count fewer images",
                 "see the workers' logs (logs/worker-*.err in the Ray session folder), or run "
                 "without --workers to see the failure in-process",
