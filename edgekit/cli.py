@@ -244,9 +244,11 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 )
 @click.option(
     "--target",
-    default="local",
+    "targets",
+    multiple=True,
+    default=["local"],
     show_default=True,
-    help="local, pi4-emu, pi5-emu, avx2-emu, ssh://user@host, adb",
+    help="local, pi4-emu, pi5-emu, avx2-emu, ssh://user@host, adb; repeat for a device farm (all at once).",
 )
 @click.option(
     "--timeout", type=float, default=None, help="Seconds one target call may take (default 600/900)."
@@ -255,18 +257,32 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 @click.option("--profile", is_flag=True, help="Per-op-type time from the runtimes' profilers.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
-def bench(path: str, runtimes: str | None, threads: str, as_json: bool, **options: Any) -> None:
+def bench(
+    path: str, runtimes: str | None, threads: str, targets: tuple[str, ...], as_json: bool, **options: Any
+) -> None:
     """Latency of an artifact folder or model file: percentiles, CV, memory, efficiency."""
     from edgekit import bench as bench_mod
     from edgekit.report import tables
 
-    result = bench_mod.bench(
-        path,
-        runtimes=_csv(runtimes),
-        threads=_ints(threads),
-        **{**options, "formats": _csv(options["formats"])},
-    )
-    result = result.to_dict()
+    options = {
+        **options,
+        "runtimes": _csv(runtimes),
+        "threads": _ints(threads),
+        "formats": _csv(options["formats"]),
+    }
+    if len(targets) > 1:
+        from edgekit import farm
+
+        ran = farm.bench_farm(path, list(targets), **options)
+        result = ran.to_dict()
+        emit_json(result) if as_json else farm.print_farm(result)
+        _note(result)
+        for outcome in ran.failed:  # the others' rows are out; the exit status says not every board's are
+            click.echo(f"error: {outcome.target}: {outcome.error}", err=True)
+        if ran.failed:
+            sys.exit(1)
+        return
+    result = bench_mod.bench(path, target=targets[0], **options).to_dict()
     emit_json(result) if as_json else tables.print_bench(result)
     _note(result)
 

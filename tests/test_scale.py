@@ -5,6 +5,8 @@ retried, or the run stops, but its images are never dropped from the counts."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
 import json
 import os
 import shutil
@@ -179,3 +181,32 @@ def test_eval_joins_a_cluster_by_address_quietly(folder, imagenet_sample, head):
     # The console: edgekit's own progress lines only, no Ray log line.
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert all(line.startswith("eval: ") for line in lines), lines
+
+
+# --- the device farm: one real sshd on 127.0.0.1 and one port nobody listens on -------------------
+
+
+def test_farm_reports_the_unreachable_target_and_the_others_finish(folder, sshd, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit import farm
+    from edgekit.cli import cli
+
+    options = {"key_file": sshd["key_file"], "known_hosts": sshd["known_hosts"], "connect_timeout": 3}
+    options["remote_python"] = sys.executable  # the board's Python with the engines
+    # the CLI has no key options (a board's key is in ~/.ssh): the test's key goes in here
+    monkeypatch.setattr(farm, "bench_farm", functools.partial(farm.bench_farm, target_options=options))
+    good = f"ssh://{getpass.getuser()}@127.0.0.1:{sshd['port']}"
+    bad = f"ssh://nobody@127.0.0.1:{free_port()}"
+    args = ["bench", str(folder), "--formats", "onnx-fp32", "--runtime", "onnxruntime"]
+    args += ["--warmup", "1", "--runs", "5", "--target", good, "--target", bad, "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output  # not every board gave its rows
+    data = json.loads(result.stdout)
+    assert [(r["target"], r["format"], r["runs"]) for r in data["results"]] == [(good, "onnx-fp32", 5)]
+    outcomes = {o["target"]: o for o in data["farm"]["targets"]}
+    assert outcomes[good]["error"] is None and outcomes[good]["rows"] == 1
+    assert "cannot reach" in outcomes[bad]["error"] and outcomes[bad]["seconds"] < 10
+    assert f"error: {bad}: " in result.stderr
+    stored = json.loads((folder / "bench.json").read_text())
+    assert [r["target"] for r in stored["results"]] == [good]
