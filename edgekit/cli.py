@@ -316,6 +316,8 @@ def report(artifact_dir: str, html: bool, out_dir: str | None) -> None:
 @click.option("--no-end-to-end", is_flag=True, help="Per-layer analysis only, no int8 files.")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the int8 files here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the SQNR and worst-layer plots here.")
+@click.option("--workers", type=int, help="Run the configurations as tasks on a local Ray with N CPUs.")
+@click.option("--ray", "ray_address", help="Run the configurations on the Ray cluster at ADDRESS.")
 @click.option("--json", "as_json", is_flag=True)
 def analyze(
     name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool, **options: Any

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.console import quiet_native
+from edgekit.console import debug, quiet_native
 from edgekit.errors import ArtifactError, DataError, EdgekitError, RuntimeUnavailableError, TargetError
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ RAY_VERSION = "2.60.0"  # what requirements.lock pins; the cluster must run the 
 MAX_RESTARTS = 3  # an actor's process may die this often (each time its shard is run again)
 SHARDS_PER_WORKER = 4  # enough shards that a slow worker does not hold up the end
 MAX_SHARD = 64  # images per shard at most: bounded memory per task, progress that moves
+TIMING_SLOT = "timing_slot"  # a Ray resource, 1 per node: timed runs never share a node
 
 
 # --- joining or starting Ray -----------------------------------------------------------------------
@@ -77,17 +78,19 @@ def connect(workers: int | None, address: str | None) -> Iterator[Cluster]:
         return
     sigterm = signal.getsignal(signal.SIGTERM)
     temp = None if address else tempfile.mkdtemp(prefix=f"edgekit-{os.getpid()}-ray-", dir="/tmp")
+    level = logging.INFO if debug() else logging.ERROR
     start = time.perf_counter()
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            ray.init(address=address, log_to_driver=debug(), logging_level=level)
         else:
             ray.init(
                 address="local",  # never attach to someone else's `ray start` on this machine
                 num_cpus=workers,
+                resources={TIMING_SLOT: 1},  # one timed run at a time on this node (run_timed)
                 include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
+                log_to_driver=debug(),  # the workers' output, with --debug only
+                logging_level=level,
                 _temp_dir=temp,  # under /tmp/edgekit-<pid>-*: swept like edgekit's temp folders
             )
         took = time.perf_counter() - start
@@ -318,9 +321,14 @@ def evaluate_sharded(
 
         actors = max(1, (workers or cluster.cpus) // threads)
         plan = shards(len(images), actors)
-        progress.begin(len(plan), actors, cluster)
+        progress.begin(
+            f"eval: {len(images)} images in {len(plan)} shards on {actors} Ray worker(s) "
+            f"({cluster.address}, {cluster.nodes} node(s); Ray start {cluster.start_s:.1f} s)"
+        )
         job = Job(ray, manifest, runs, images, spec, threads)
-        results, hows = job.run(actors, plan, lambda r: (progress.advance(r), on_shard and on_shard(r)))
+        results, hows = job.run(
+            actors, plan, lambda r: (progress.advance(r.stop - r.start), on_shard and on_shard(r))
+        )
     wall = time.perf_counter() - began
     results.sort(key=lambda r: r.start)
     covered = [(r.start, r.stop) for r in results]
@@ -383,7 +391,7 @@ class Job:
             actor_class.options(num_cpus=self.threads).remote(self.runs, self.threads) for _ in range(actors)
         ]
         loads = [a.load.remote(work) for a in pool]
-        hows = [_unwrap(self._get(ref, "loading the files")) for ref in loads]
+        hows = [_unwrap(_get(ray, ref, "loading the files")) for ref in loads]
         queue, idle, pending, results = deque(plan), deque(pool), {}, []
         while queue or pending:
             while queue and idle:
@@ -392,7 +400,7 @@ class Job:
                 pending[call] = actor, shard
             [ready], _ = ray.wait(list(pending), num_returns=1)
             actor, shard = pending.pop(ready)
-            result = _unwrap(self._get(ready, f"shard {shard.index} (images {shard.start}-{shard.stop - 1})"))
+            result = _unwrap(_get(ray, ready, f"shard {shard.index} (images {shard.start}-{shard.stop - 1})"))
             results.append(result)
             idle.append(actor)
             done(result)
@@ -406,24 +414,26 @@ class Job:
             names += [entry.path, *entry.info.get("companions", {})]
         return {name: [self.ray.put((folder / name).read_bytes())] for name in dict.fromkeys(names)}
 
-    def _get(self, ref: Any, what: str) -> Any:
-        from ray.exceptions import RayActorError, RayTaskError
 
-        try:
-            return self.ray.get(ref)
-        except RayActorError as exc:
-            raise TargetError(
-                f"a Ray worker kept dying {what} (restarted {MAX_RESTARTS} times at most); "
-                "the run stops rather than count fewer images",
-                "see the workers' logs (logs/worker-*.err in the Ray session folder), or run "
-                "without --workers to see the failure in-process",
-            ) from exc
-        except RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            raise TargetError(
-                f"{what} failed on a Ray worker: {_first_line(cause, last=True)}",
-                "run without --workers to see the failure in-process (add --debug for the traceback)",
-            ) from exc
+def _get(ray: Any, ref: Any, what: str) -> Any:
+    """``ray.get(ref)``; a dead worker or a failed task becomes a TargetError naming ``what``."""
+    from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+    try:
+        return ray.get(ref)
+    except (RayActorError, WorkerCrashedError) as exc:
+        detail = str(exc).partition("Worker exit detail:")[2].strip().splitlines()[:1] or ["no detail"]
+        raise TargetError(
+            f"a Ray worker kept dying {what} (restarted {MAX_RESTARTS} times at most; Ray: "
+            f"{detail[0][:160]}); the run stops rather than leave its part out",
+            "rerun with --debug to see the workers' output, or without --workers to run in-process",
+        ) from exc
+    except RayTaskError as exc:
+        cause = exc.cause if exc.cause is not None else exc
+        raise TargetError(
+            f"{what} failed on a Ray worker: {_first_line(cause, last=True)}",
+            "run without --workers to see the failure in-process (add --debug for the traceback)",
+        ) from exc
 
 
 def _first_line(exc: BaseException, last: bool = False) -> str:
@@ -452,12 +462,116 @@ def _merged_how(hows: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, An
     return merged
 
 
-class Progress:
-    """The whole job's progress on stderr: a rich bar on a terminal, a line at start and end
-    otherwise (logs stay short). Writes to a duplicate of fd 2, like edgekit.console.Steps."""
+# --- other jobs: configurations and zoo models as Ray tasks -------------------------------------
 
-    def __init__(self, images: int) -> None:
-        self.images, self.done = images, 0
+
+def map_tasks(
+    fn: Callable[..., Any],
+    items: list[dict[str, Any]],
+    shared: dict[str, Any],
+    workers: int | None,
+    address: str | None,
+    label: str,
+) -> list[Any]:
+    """``[fn(**shared, **item) for item in items]`` as Ray tasks, one CPU each, results in order.
+
+    ``shared`` (a model, images) goes to the object store once. An edgekit error of a task is
+    raised here as it was raised there."""
+    with (
+        Progress(len(items), label, "tasks") as progress,
+        quiet_native(),
+        connect(workers, address) as cluster,
+    ):
+        import ray
+
+        progress.begin(f"{label}: {len(items)} tasks on {cluster.cpus} Ray CPU(s) ({cluster.address})")
+        task = ray.remote(num_cpus=1, max_retries=MAX_RESTARTS)(_call)
+        stored = {name: ray.put(value) for name, value in shared.items()}
+        pending = {task.remote(fn, stored, item): i for i, item in enumerate(items)}
+        results: list[Any] = [None] * len(items)
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready)
+            results[index] = _unwrap(_get(ray, ready, f"{label} task {index} ({items[index]})"))
+            progress.advance(1)
+    return results
+
+
+def run_timed(
+    prepare: Callable[..., Any],
+    measure: Callable[..., Any],
+    items: list[dict[str, Any]],
+    workers: int | None,
+    address: str | None,
+    label: str,
+    cpus: int = 1,
+) -> list[Any]:
+    """``measure(prepare(**item))`` per item: the ``prepare`` steps (exports) in parallel on any
+    CPU; each ``measure`` (timed runs, ``cpus`` threads) on the node that prepared it, holding the
+    node's one TIMING_SLOT, so no two timed runs ever share a node. Results in order."""
+    with (
+        Progress(len(items), label, "items") as progress,
+        quiet_native(),
+        connect(workers, address) as cluster,
+    ):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        slots = int(ray.cluster_resources().get(TIMING_SLOT, 0))
+        if not slots:
+            raise TargetError(
+                f"the Ray cluster at {cluster.address} has no {TIMING_SLOT!r} resource",
+                f"start each node with `ray start ... --resources='{{\"{TIMING_SLOT}\": 1}}'`",
+            )
+        progress.begin(
+            f"{label}: {len(items)} items, preparing on {cluster.cpus} Ray CPU(s), timed runs one at a "
+            f"time per node ({slots} node(s) with a {TIMING_SLOT})"
+        )
+        prep = ray.remote(num_cpus=1, max_retries=MAX_RESTARTS)(_prepare_here)
+        timed = ray.remote(num_cpus=cpus, resources={TIMING_SLOT: 1}, max_retries=MAX_RESTARTS)(_call)
+        preparing = {prep.remote(prepare, item): i for i, item in enumerate(items)}
+        timing: dict[Any, int] = {}
+        results: list[Any] = [None] * len(items)
+        while preparing or timing:
+            [ready], _ = ray.wait([*preparing, *timing], num_returns=1)
+            if ready in preparing:
+                index = preparing.pop(ready)
+                node, prepared = _get(ray, ready, f"{label}: preparing item {index}")
+                pinned = NodeAffinitySchedulingStrategy(node, soft=False)  # its files are on that node
+                timing[
+                    timed.options(scheduling_strategy=pinned).remote(measure, {}, {"prepared": prepared})
+                ] = index
+            else:
+                index = timing.pop(ready)
+                results[index] = _get(ray, ready, f"{label}: timing item {index}")
+                progress.advance(1)
+    return results
+
+
+def _call(fn: Callable[..., Any], shared: dict[str, Any], item: dict[str, Any]) -> Any:
+    """A task's body: ``fn(**shared, **item)``; an edgekit error comes back as a Failed."""
+    import ray
+
+    values = {name: ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref for name, ref in shared.items()}
+    try:
+        return fn(**values, **item)
+    except EdgekitError as exc:
+        return Failed(type(exc), exc.message, exc.hint)
+
+
+def _prepare_here(prepare: Callable[..., Any], item: dict[str, Any]) -> tuple[str, Any]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), prepare(**item)
+
+
+class Progress:
+    """A whole job's progress on stderr: a rich bar on a terminal, a line at start and end
+    otherwise (logs stay short). Writes to a duplicate of fd 2, like edgekit.console.Steps, so that
+    it shows while Ray's native output is held back."""
+
+    def __init__(self, total: int, title: str = "eval", unit: str = "images") -> None:
+        self.total, self.title, self.unit, self.done = total, title, unit, 0
         self.live = sys.stderr.isatty()
 
     def __enter__(self) -> Progress:
@@ -471,21 +585,22 @@ class Progress:
             file=self.file, force_terminal=self.live, highlight=False, markup=False, soft_wrap=True
         )
         self.bar = Bar(
-            TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.console
+            TextColumn(self.title),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
         )
-        self.task = self.bar.add_task("images", total=self.images)
+        self.task = self.bar.add_task(self.unit, total=self.total)
         return self
 
-    def begin(self, shards: int, workers: int, cluster: Cluster) -> None:
-        self.console.print(
-            f"eval: {self.images} images in {shards} shards on {workers} Ray worker(s) "
-            f"({cluster.address}, {cluster.nodes} node(s); Ray start {cluster.start_s:.1f} s)"
-        )
+    def begin(self, line: str) -> None:
+        self.console.print(line)
         if self.live:
             self.bar.start()
 
-    def advance(self, result: ShardResult) -> None:
-        self.done += result.stop - result.start
+    def advance(self, n: int) -> None:
+        self.done += n
         if self.live:
             self.bar.update(self.task, completed=self.done)
 
@@ -495,5 +610,7 @@ class Progress:
             self.bar.stop()
         how = "stopped after" if kind is not None else "done:"
         rate = self.done / max(took, 1e-9)
-        self.console.print(f"eval: {how} {self.done} of {self.images} images in {took:.1f} s ({rate:.1f}/s)")
+        self.console.print(
+            f"{self.title}: {how} {self.done} of {self.total} {self.unit} in {took:.1f} s ({rate:.2f}/s)"
+        )
         self.file.close()

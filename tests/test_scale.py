@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
+import itertools
 import json
 import os
 import shutil
@@ -37,12 +38,12 @@ def folder(small_artifact, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(folder, imagenet_sample) -> dict:
-    """The in-process figures, before Ray is started (evaluate without --workers never imports it)."""
+    """The in-process figures of the images the sharded runs see."""
     return evaluate.evaluate(folder, data=imagenet_sample, limit=IMAGES).to_dict()
 
 
 @pytest.fixture(scope="module")
-def local_ray(single):
+def local_ray():
     """One local Ray with 2 CPUs for the module (scale.connect, as `--workers 2` starts it)."""
     with scale.connect(2, None) as cluster:
         yield cluster
@@ -121,6 +122,40 @@ def test_files_checked_by_sha256_on_the_shared_path_and_from_the_object_store(fo
     (stale / name).write_bytes(good[:-1] + b"x")
     failed = scale.ShardRunner(runs, 1).load(work(stale, good))
     assert failed.kind is ArtifactError and "the manifest says" in failed.message
+
+
+def test_tasks_keep_their_order_and_errors(local_ray):
+    from edgekit.errors import DataError
+
+    def scaled(factor: int, k: int) -> int:  # defined here: Ray ships it by value
+        if k < 0:
+            raise DataError(f"k={k} is negative", "pass k >= 0")
+        return factor * k
+
+    items = [{"k": k} for k in (3, 1, 2)]
+    assert scale.map_tasks(scaled, items, {"factor": 10}, 2, None, "test") == [30, 10, 20]
+    with pytest.raises(DataError, match="k=-1 is negative") as err:
+        scale.map_tasks(scaled, [{"k": -1}], {"factor": 1}, 2, None, "test")
+    assert err.value.hint == "pass k >= 0"
+
+
+def test_timed_runs_never_share_a_node(local_ray):
+    """The zoo bench's schedule: preparations in parallel, timed runs one at a time per node."""
+    import time
+
+    def prepare(i: int) -> int:
+        time.sleep(0.2)
+        return i
+
+    def measure(prepared: int) -> tuple[int, float, float]:
+        start = time.monotonic()  # one host: the same clock for every worker
+        time.sleep(0.3)
+        return prepared, start, time.monotonic()
+
+    out = scale.run_timed(prepare, measure, [{"i": i} for i in range(4)], 2, None, "test")
+    assert [i for i, _, _ in out] == [0, 1, 2, 3]
+    spans = sorted((start, end) for _, start, end in out)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
 
 
 @pytest.fixture(scope="module")
