@@ -29,12 +29,19 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.console import debug, quiet_native
-from edgekit.errors import ArtifactError, DataError, EdgekitError, RuntimeUnavailableError, TargetError
+from edgekit.errors import (
+    ArtifactError,
+    DataError,
+    EdgekitError,
+    RuntimeUnavailableError,
+    TargetError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from calibration.preprocess import PreprocessSpec
@@ -60,7 +67,6 @@ class Cluster:
     cpus: int
     nodes: int
     start_s: float  # seconds ray.init took
-    started_here: bool
 
 
 @contextlib.contextmanager
@@ -68,13 +74,13 @@ def connect(workers: int | None, address: str | None) -> Iterator[Cluster]:
     """A local Ray with ``workers`` CPUs, or the cluster at ``address``; shut down on leaving (also
     on Ctrl-C / SIGTERM), which stops every Ray process a local start made.
 
-    Quiet (no dashboard, no worker logs on the console, errors only) and without usage stats:
+    Quiet (no dashboard UI, no worker output on the console, errors only) and without usage stats:
     Ray makes no network call of its own. An already connected Ray (a notebook, the tests) is
     used as it is and left running."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read by ray.init and inherited by the processes it starts
     ray = _import_ray()
     if ray.is_initialized():
-        yield _describe(ray, "connected before edgekit", 0.0, started_here=False)
+        yield _describe(ray, "connected before edgekit", 0.0)
         return
     sigterm = signal.getsignal(signal.SIGTERM)
     temp = None if address else tempfile.mkdtemp(prefix=f"edgekit-{os.getpid()}-ray-", dir="/tmp")
@@ -106,7 +112,7 @@ def connect(workers: int | None, address: str | None) -> Iterator[Cluster]:
     finally:
         signal.signal(signal.SIGTERM, sigterm)  # ray.init installs its own; keep edgekit's (clean stop)
     try:
-        yield _describe(ray, address or "local (started here)", took, started_here=address is None)
+        yield _describe(ray, address or "local (started here)", took)
     finally:
         ray.shutdown()
         if temp:
@@ -123,10 +129,10 @@ def _import_ray() -> Any:
     return ray
 
 
-def _describe(ray: Any, address: str, took: float, started_here: bool) -> Cluster:
+def _describe(ray: Any, address: str, took: float) -> Cluster:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    return Cluster(address, cpus, len(nodes), round(took, 2), started_here)
+    return Cluster(address, cpus, len(nodes), round(took, 2))
 
 
 # --- what an actor does --------------------------------------------------------------------------
@@ -257,7 +263,8 @@ class ShardRunner:
         else:  # not on this node's disk: the driver's copy in the object store
             import ray
 
-            folder = Path(tempfile.mkdtemp(prefix="edgekit-artifact-"))
+            # named like edgekit's temp folders: swept by a later edgekit run once this worker is gone
+            folder = Path(tempfile.mkdtemp(prefix=f"edgekit-{os.getpid()}-artifact-"))
             for name in wanted:
                 (folder / name).write_bytes(ray.get(work.stored[name][0]))
         for name, digest in wanted.items():
@@ -288,15 +295,6 @@ def shards(n: int, workers: int) -> list[Shard]:
     return [Shard(i, start, min(start + size, n)) for i, start in enumerate(range(0, n, size))]
 
 
-@dataclass
-class Tally:
-    """What the driver learns about the job as shards come back."""
-
-    images: dict[str, int] = field(default_factory=dict)  # per node
-    processes: set[tuple[str, int]] = field(default_factory=set)  # (node, pid) that ran a shard
-    busy_s: float = 0.0  # summed shard seconds
-
-
 def evaluate_sharded(
     manifest: Manifest,
     todo: list[tuple[str, fmts.Format, str]],
@@ -312,7 +310,7 @@ def evaluate_sharded(
     from edgekit.evaluate import PerImage
 
     if workers is not None and workers < 1:
-        raise EdgekitError(f"--workers must be >= 1, got {workers}", "e.g. --workers 4")
+        raise UsageError(f"--workers must be >= 1, got {workers}", "e.g. --workers 4")
     runs = [Run(key, fmt.name, engine) for key, fmt, engine in todo]
     began = time.perf_counter()
     # Ray's native code logs to fd 2 (restarts, object store notes): kept off the console unless --debug
@@ -543,7 +541,7 @@ def run_timed(
                 ] = index
             else:
                 index = timing.pop(ready)
-                results[index] = _get(ray, ready, f"{label}: timing item {index}")
+                results[index] = _unwrap(_get(ray, ready, f"{label}: timing item {index}"))
                 progress.advance(1)
     return results
 
