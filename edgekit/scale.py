@@ -18,6 +18,7 @@ loads it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -54,6 +55,7 @@ MAX_RESTARTS = 3  # an actor's process may die this often (each time its shard i
 SHARDS_PER_WORKER = 4  # enough shards that a slow worker does not hold up the end
 MAX_SHARD = 64  # images per shard at most: bounded memory per task, progress that moves
 TIMING_SLOT = "timing_slot"  # a Ray resource, 1 per node: timed runs never share a node
+CONNECT_TIMEOUT = 5.0  # seconds to reach a --ray address before saying nothing answers there
 
 
 # --- joining or starting Ray -----------------------------------------------------------------------
@@ -88,6 +90,7 @@ def connect(workers: int | None, address: str | None) -> Iterator[Cluster]:
     start = time.perf_counter()
     try:
         if address:
+            _check_listening(address)
             ray.init(address=address, log_to_driver=debug(), logging_level=level)
         else:
             ray.init(
@@ -117,6 +120,22 @@ def connect(workers: int | None, address: str | None) -> Iterator[Cluster]:
         ray.shutdown()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _check_listening(address: str) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at HOST:PORT."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(
+            f"--ray {address!r} is not HOST:PORT", "pass the head's address, e.g. --ray 10.0.0.5:6379"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise TargetError(
+            f"nothing answers at {address} ({exc.strerror or exc})",
+            "start the head with `ray start --head --port PORT` there, or check the address",
+        ) from exc
 
 
 def _import_ray() -> Any:
@@ -376,12 +395,15 @@ class Job:
         """Every shard on the next idle actor; the results and each actor's description of its runs."""
         ray = self.ray
         actor_class = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(ShardRunner)
+        images = self.images  # workers do not share the driver's working folder: absolute paths
+        if images.files is not None:
+            images = dataclasses.replace(images, files=[p.absolute() for p in images.files])
         work = ray.put(
             Work(
                 self.manifest.to_dict(),
                 str(Path(self.manifest.folder or ".").resolve()),
                 self._stored(),
-                self.images,
+                images,
                 self.spec.to_dict(),
             )
         )
@@ -420,10 +442,10 @@ def _get(ray: Any, ref: Any, what: str) -> Any:
     try:
         return ray.get(ref)
     except (RayActorError, WorkerCrashedError) as exc:
-        detail = str(exc).partition("Worker exit detail:")[2].strip().splitlines()[:1] or ["no detail"]
+        detail = str(exc).partition("Worker exit detail:")[2].strip().split(". ")[0] or "no detail"
         raise TargetError(
             f"a Ray worker kept dying {what} (restarted {MAX_RESTARTS} times at most; Ray: "
-            f"{detail[0][:160]}); the run stops rather than leave its part out",
+            f"{detail[:120]}); the run stops rather than leave its part out",
             "rerun with --debug to see the workers' output, or without --workers to run in-process",
         ) from exc
     except RayTaskError as exc:

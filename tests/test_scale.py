@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_worker_dying_past_its_restarts_stops_the_run(folder, imagenet_sample, l
         evaluate.evaluate(
             folder, data=imagenet_sample, limit=IMAGES, formats=["onnx"], workers=2, on_shard=kill_once
         )
-    assert "fewer images" in err.value.message and "\n" not in str(err.value)
+    assert "rather than leave its part out" in err.value.message and "\n" not in str(err.value)
 
 
 def test_files_checked_by_sha256_on_the_shared_path_and_from_the_object_store(folder, local_ray, tmp_path):
@@ -245,3 +246,10 @@ def test_farm_reports_the_unreachable_target_and_the_others_finish(folder, sshd,
     assert f"error: {bad}: " in result.stderr
     stored = json.loads((folder / "bench.json").read_text())
     assert [r["target"] for r in stored["results"]] == [good]
+
+
+def test_an_address_nobody_listens_on_fails_in_seconds():
+    start = time.monotonic()
+    with pytest.raises(TargetError, match="nothing answers at 127"):
+        scale._check_listening(f"127.0.0.1:{free_port()}")
+    assert time.monotonic() - start < scale.CONNECT_TIMEOUT + 1
