@@ -70,7 +70,9 @@ def export_model(name: str, folder: Path, resolution: int | None, calib_samples:
         pipeline.export(
             name,
             out_dir=folder,
-            formats=[f.name for f in _float32()],  # the float32 files the int8 ones are compared with
+            # float32 and int8 by name: the int8 files and the float32 ones they are compared with
+            # (float32 names alone wrote no int8 file: formats.resolve adds int8 per family or name)
+            formats=_columns(),
             int8=True,
             resolution=resolution,
             calib_samples=calib_samples,
@@ -123,12 +125,6 @@ def _write(
     write_json(out / "results.json", summary)
     write_text(out / "README.md", readme(summary))
     return summary
-
-
-def _float32() -> list[Any]:
-    from edgekit import formats
-
-    return [f for f in formats.registry().values() if f.family in BENCHED and f.precision == "fp32"]
 
 
 def _columns() -> list[str]:
