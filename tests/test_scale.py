@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,8 +101,12 @@ def test_worker_dying_past_its_restarts_stops_the_run(folder, imagenet_sample, l
     assert "rather than leave its part out" in err.value.message and "\n" not in str(err.value)
 
 
-def test_files_checked_by_sha256_on_the_shared_path_and_from_the_object_store(folder, local_ray, tmp_path):
+def test_files_checked_by_sha256_on_the_shared_path_and_from_the_object_store(
+    folder, local_ray, tmp_path, monkeypatch
+):
     from edgekit.manifest import read_manifest
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the object store's copies land here
 
     manifest = read_manifest(folder)
     runs = [scale.Run("onnx-fp32", "onnx-fp32", "onnxruntime")]
