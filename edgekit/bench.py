@@ -173,8 +173,13 @@ def bench(
     out_file: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     formats: list[str] | None = None,
+    target_options: dict[str, Any] | None = None,
+    record: bool = True,
 ) -> BenchResult:
-    """Benchmark an artifact folder (every file x every engine that runs it) or one model file."""
+    """Benchmark an artifact folder (every file x every engine that runs it) or one model file.
+
+    ``target_options`` go to the target (ssh: key_file, known_hosts...); ``record=False`` leaves
+    the folder's bench.json alone (the device farm stores one result for all its targets)."""
     threads = threads or [1]
     _check_options(threads, warmup, runs, min_time)
     if out_file:
@@ -189,7 +194,9 @@ def bench(
                 if target == "local":
                     results.append(measure(job, n, warmup, runs, min_time, not no_xnnpack, profile))
                 else:
-                    results.append(measure_remote(job, n, target, warmup, runs, not no_xnnpack, timeout))
+                    results.append(
+                        measure_remote(job, n, target, warmup, runs, not no_xnnpack, timeout, target_options)
+                    )
             except _LoadError as exc:
                 skipped.append({"runtime": job.runtime, "format": job.fmt.name, "reason": str(exc)})
                 break
@@ -200,7 +207,7 @@ def bench(
     result = BenchResult(machine.facts(), target, method(), results, skipped, int8_vs_fp32(results, jobs))
     if out_file:
         write_json(out_file, result.to_dict())
-    if folder is not None:
+    if folder is not None and record:
         stored = record_result(folder, "bench", result.to_dict(raw=False))
         result.stored = str(stored) if stored else None
         if stored is None:
@@ -360,11 +367,13 @@ def measure_remote(
     runs: int | None,
     xnnpack: bool = True,
     timeout: float | None = None,
+    target_options: dict[str, Any] | None = None,
 ) -> BenchRow:
     """One configuration on a target (emulated Pi, SSH, adb) through the standalone runner."""
     from runtimes.targets import get_target
 
-    raw = get_target(target, **({"timeout": timeout} if timeout else {})).run(
+    options = {**(target_options or {}), **({"timeout": timeout} if timeout else {})}
+    raw = get_target(target, **options).run(
         job.path,
         job.runtime,
         threads=threads,

@@ -222,6 +222,14 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
     help="Also run the files in these other engines of their format (e.g. openvino), or 'all'.",
 )
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option(
+    "--workers",
+    type=int,
+    help="Shard the images over N Ray workers (a local Ray with N CPUs; docs/scale.md).",
+)
+@click.option(
+    "--ray", "ray_address", help="Join the Ray cluster at ADDRESS (host:port of `ray start --head`)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the JSON here.")
 def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
@@ -249,9 +257,11 @@ def eval_(artifact_dir: str, as_json: bool, **options: Any) -> None:
 )
 @click.option(
     "--target",
-    default="local",
+    "targets",
+    multiple=True,
+    default=["local"],
     show_default=True,
-    help="local, pi4-emu, pi5-emu, avx2-emu, ssh://user@host, adb",
+    help="local, pi4-emu, pi5-emu, avx2-emu, ssh://user@host, adb; repeat for a device farm (all at once).",
 )
 @click.option(
     "--timeout", type=float, default=None, help="Seconds one target call may take (default 600/900)."
@@ -270,6 +280,7 @@ def bench(
     path: str,
     runtimes: str | None,
     threads: str,
+    targets: tuple[str, ...],
     as_json: bool,
     peers: bool,
     data: str | None,
@@ -287,13 +298,25 @@ def bench(
             emit_json(compared) if as_json else tables.print_peers(compared)
         return
 
-    result = bench_mod.bench(
-        path,
-        runtimes=_csv(runtimes),
-        threads=_ints(threads),
-        **{**options, "formats": _csv(options["formats"])},
-    )
-    result = result.to_dict()
+    options = {
+        **options,
+        "runtimes": _csv(runtimes),
+        "threads": _ints(threads),
+        "formats": _csv(options["formats"]),
+    }
+    if len(targets) > 1:
+        from edgekit import farm
+
+        ran = farm.bench_farm(path, list(targets), **options)
+        result = ran.to_dict()
+        emit_json(result) if as_json else farm.print_farm(result)
+        _note(result)
+        for outcome in ran.failed:  # the others' rows are out; the exit status says not every board's are
+            click.echo(f"error: {outcome.target}: {outcome.error}", err=True)
+        if ran.failed:
+            sys.exit(1)
+        return
+    result = bench_mod.bench(path, target=targets[0], **options).to_dict()
     emit_json(result) if as_json else tables.print_bench(result)
     _note(result)
 
@@ -371,6 +394,8 @@ def report(
 @click.option("--no-end-to-end", is_flag=True, help="Per-layer analysis only, no int8 files.")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the int8 files here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the SQNR and worst-layer plots here.")
+@click.option("--workers", type=int, help="Run the configurations as tasks on a local Ray with N CPUs.")
+@click.option("--ray", "ray_address", help="Run the configurations on the Ray cluster at ADDRESS.")
 @click.option("--json", "as_json", is_flag=True)
 def analyze(
     name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool, **options: Any

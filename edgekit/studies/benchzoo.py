@@ -9,10 +9,12 @@ table; every figure labelled with runtime, threads, runs and real/emulated). Slo
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any
 
 from edgekit import bench
+from edgekit.errors import EdgekitError
 from edgekit.manifest import write_json, write_text
 
 BENCHED = ("onnx", "tflite")  # the format families `make bench` exports, float32 and int8
@@ -25,45 +27,97 @@ def run(
     threads: list[int] | None = None,
     min_time: float = 1.0,
     calib_samples: int = 16,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """Export + bench each model; a model that fails is recorded with its error and the run goes on."""
-    from edgekit import pipeline
-    from edgekit.errors import EdgekitError
+    """Export + bench each model; a model that fails is recorded with its error and the run goes on.
+
+    With ``workers``/``ray_address`` the exports run in parallel on Ray and each model's timed runs
+    follow on the node that exported it, one model at a time per node (edgekit.scale.run_timed)."""
     from edgekit.zoo import list_models
 
     out = Path(out)
+    names = models or list_models()
+    items = [
+        {"name": n, "folder": out / "artifacts" / n, "resolution": resolution, "calib_samples": calib_samples}
+        for n in names
+    ]
+    timing = functools.partial(bench_model, threads=threads or [1, 2], min_time=min_time)
+    if workers is None and ray_address is None:
+        scheduling = "one model after the other in this process"
+        outcomes = []
+        for item in items:
+            outcomes.append(timing(export_model(**item)))
+            _write(out, *_gather(outcomes), scheduling)  # after every model: a long run is readable midway
+        return _write(out, *_gather(outcomes), scheduling)
+    from edgekit import scale
+
+    cpus = max(threads or [1, 2])
+    outcomes = scale.run_timed(export_model, timing, items, workers, ray_address, "zoo bench", cpus=cpus)
+    scheduling = (
+        f"exports in parallel on Ray; each model's timed runs on the node that exported it, one model at a "
+        f"time per node (Ray resource {scale.TIMING_SLOT}: 1, {cpus} CPU(s) held; other exports may run on "
+        "the node's other cores meanwhile)"
+    )
+    return _write(out, *_gather(outcomes), scheduling)
+
+
+def export_model(name: str, folder: Path, resolution: int | None, calib_samples: int) -> dict[str, Any]:
+    """Export one zoo model (float32 and int8 ONNX/TFLite): {"name", "folder"} or {"name", "error"}."""
+    from edgekit import pipeline
+
+    try:
+        pipeline.export(
+            name,
+            out_dir=folder,
+            # float32 and int8 by name: the int8 files and the float32 ones they are compared with
+            # (float32 names alone wrote no int8 file: formats.resolve adds int8 per family or name)
+            formats=_columns(),
+            int8=True,
+            resolution=resolution,
+            calib_samples=calib_samples,
+        )
+    except Exception as exc:  # a bug in one model's export must not end an hours-long zoo run
+        return {"name": name, "error": str(exc) if isinstance(exc, EdgekitError) else _bug(exc)}
+    return {"name": name, "folder": str(folder)}
+
+
+def bench_model(prepared: dict[str, Any], threads: list[int], min_time: float) -> dict[str, Any]:
+    """Bench an exported model: ``prepared`` with its bench result, or as it came (an error)."""
+    if "error" in prepared:
+        return prepared
+    try:
+        result = bench.bench(prepared["folder"], formats=list(BENCHED), threads=threads, min_time=min_time)
+    except Exception as exc:
+        return {**prepared, "error": str(exc) if isinstance(exc, EdgekitError) else _bug(exc)}
+    return {**prepared, "result": result.to_dict(raw=False)}
+
+
+def _bug(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _gather(outcomes: list[dict[str, Any]]) -> tuple[Any, list, list, list]:
+    """(machine, rows, int8-vs-fp32 rows, failures) of the models done so far."""
     rows, compare, failed, machine = [], [], [], None
-    for name in models or list_models():
-        folder = out / "artifacts" / name
-        try:
-            pipeline.export(
-                name,
-                out_dir=folder,
-                formats=[f.name for f in _float32()],  # the float32 files the int8 ones are compared with
-                int8=True,
-                resolution=resolution,
-                calib_samples=calib_samples,
-            )
-            result = bench.bench(
-                folder, formats=list(BENCHED), threads=threads or [1, 2], min_time=min_time
-            ).to_dict(raw=False)
-        except EdgekitError as exc:
-            failed.append({"model": name, "error": str(exc)})
+    for outcome in outcomes:
+        name = outcome["name"]
+        if "error" in outcome:
+            failed.append({"model": name, "error": outcome["error"]})
             continue
-        except Exception as exc:  # a bug in one model's export must not end an hours-long zoo run
-            failed.append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
+        result = outcome["result"]
         machine = result["machine"]
         compare += [{"model": name, **c} for c in result.get("int8_vs_fp32", [])]
         rows += [{"model": name, **r} for r in result["results"]]
-        _write(out, machine, rows, compare, failed)  # after every model: a long run is readable midway
-    return _write(out, machine, rows, compare, failed)
+    return machine, rows, compare, failed
 
 
-def _write(out: Path, machine: Any, rows: list, compare: list, failed: list) -> dict[str, Any]:
+def _write(
+    out: Path, machine: Any, rows: list, compare: list, failed: list, scheduling: str
+) -> dict[str, Any]:
     summary = {
         "machine": machine,
-        "method": bench.method(),
+        "method": {**bench.method(), "scheduling": scheduling},
         "results": rows,
         "int8_vs_fp32": compare,
         "failed": failed,
@@ -71,12 +125,6 @@ def _write(out: Path, machine: Any, rows: list, compare: list, failed: list) -> 
     write_json(out / "results.json", summary)
     write_text(out / "README.md", readme(summary))
     return summary
-
-
-def _float32() -> list[Any]:
-    from edgekit import formats
-
-    return [f for f in formats.registry().values() if f.family in BENCHED and f.precision == "fp32"]
 
 
 def _columns() -> list[str]:
@@ -161,9 +209,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, help="input side (default: each model's own)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, help="exports in parallel on a local Ray with N CPUs")
+    parser.add_argument("--ray", dest="ray_address", help="the Ray cluster at ADDRESS instead")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    summary = run(args.out, models, args.resolution, [int(t) for t in args.threads.split(",")], args.min_time)
+    threads = [int(t) for t in args.threads.split(",")]
+    summary = run(
+        args.out,
+        models,
+        args.resolution,
+        threads,
+        args.min_time,
+        workers=args.workers,
+        ray_address=args.ray_address,
+    )
     done, failed = len(summary["results"]), len(summary["failed"])
     print(f"wrote {Path(args.out) / 'README.md'}: {done} results, {failed} failed")
 

@@ -206,6 +206,8 @@ def analyze(
     calib: str | None = None,
     plot: str | None = None,
     work_dir: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Per-layer analysis at ``bits`` and (``end_to_end``) the real int8 runtimes table."""
     from calibration.equalize import fold_batchnorm
@@ -237,7 +239,16 @@ def analyze(
         calib_set = calibration_tensors(calib, spec)
         result["calibration"] = calib_set.source
         result["end_to_end"] = run_configs(
-            model, spec, x, labels, calib_set, configs=configs, runtimes=runtimes, work_dir=work_dir
+            model,
+            spec,
+            x,
+            labels,
+            calib_set,
+            configs=configs,
+            runtimes=runtimes,
+            work_dir=work_dir,
+            workers=workers,
+            ray_address=ray_address,
         )
         result["end_to_end_method"] = (
             f"real files: ONNX Runtime QDQ and LiteRT (litert-torch PT2E) int8, 1 thread; top-1/5 on "
@@ -382,15 +393,13 @@ def run_configs(
     configs: list[str] | None = None,
     runtimes: list[str] | None = None,
     work_dir: str | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (configuration, runtime): real files, real engines; errors become a row note.
-    ``calib``: the calibration set (calibration.sources.CalibrationSet) every row shares."""
-    import tempfile
-
+    ``calib``: the calibration set (calibration.sources.CalibrationSet) every row shares. With
+    ``workers``/``ray_address`` the configurations run in parallel as Ray tasks (edgekit.scale)."""
     import torch
-
-    from edgekit.errors import EdgekitError
-    from runtimes import run_file
 
     configs = check_configs(configs)
     runtimes = list(runtimes or DEFAULT_RUNTIMES)
@@ -399,30 +408,48 @@ def run_configs(
     float_logits = np.concatenate(chunks)
     reference = float_logits.argmax(axis=1)
     rows = [{"config": "float", "runtime": "torch", **accuracy(float_logits, labels, reference)}]
+    shared = {"model": model, "spec": spec, "x": x, "labels": labels, "reference": reference, "calib": calib}
+    shared.update(runtimes=runtimes, root=Path(work_dir) if work_dir else None)
+    items = [{"config": config} for config in configs]
+    if workers is not None or ray_address is not None:  # one Ray task per configuration
+        from edgekit import scale
+
+        per_config = scale.map_tasks(config_rows, items, shared, workers, ray_address, "analyze")
+    else:
+        per_config = [config_rows(**shared, **item) for item in items]
+    return rows + [row for part in per_config for row in part]
+
+
+def config_rows(
+    model: Any,
+    spec: Any,
+    x: np.ndarray,
+    labels: list[int] | None,
+    reference: np.ndarray,
+    calib: Any,
+    runtimes: list[str],
+    root: Path | None,
+    config: str,
+) -> list[dict[str, Any]]:
+    """The rows of one configuration: its files written (under ``root``, else a temp folder) and run."""
+    import tempfile
+
+    from edgekit.errors import EdgekitError
+    from runtimes import run_file
+
     with tempfile.TemporaryDirectory(prefix="edgekit-analyze-") as tmp:
-        root = Path(work_dir) if work_dir else Path(tmp)
-        for config in configs:
+        try:
+            files = write_artifacts(model, spec, config, calib, (root or Path(tmp)) / config, runtimes)
+        except EdgekitError as exc:
+            none = {"top1": None, "top5": None, "agreement_top1": None, "error": exc.message}
+            return [{"config": config, "runtime": rt, **none} for rt in runtimes]
+        rows = []
+        for runtime, (path, fmt) in files.items():
             try:
-                files = write_artifacts(model, spec, config, calib, root / config, runtimes)
+                scores = accuracy(run_file(path, x, fmt.layout, runtime), labels, reference)
             except EdgekitError as exc:
-                rows += [
-                    {
-                        "config": config,
-                        "runtime": rt,
-                        "top1": None,
-                        "top5": None,
-                        "agreement_top1": None,
-                        "error": exc.message,
-                    }
-                    for rt in runtimes
-                ]
-                continue
-            for runtime, (path, fmt) in files.items():
-                try:
-                    scores = accuracy(run_file(path, x, fmt.layout, runtime), labels, reference)
-                except EdgekitError as exc:
-                    scores = {"top1": None, "top5": None, "agreement_top1": None, "error": exc.message}
-                rows.append({"config": config, "runtime": runtime, **scores})
+                scores = {"top1": None, "top5": None, "agreement_top1": None, "error": exc.message}
+            rows.append({"config": config, "runtime": runtime, **scores})
     return rows
 
 
