@@ -30,7 +30,7 @@ import numpy as np
 
 from edgekit import formats as fmts
 from edgekit import machine
-from edgekit.errors import ArtifactError, EdgekitError, UsageError
+from edgekit.errors import ArtifactError, EdgekitError, TargetEngineError, UsageError
 from edgekit.manifest import MANIFEST, FileEntry, check_writable, read_manifest, record_result, write_json
 from runtimes.base import time_calls
 
@@ -197,7 +197,7 @@ def bench(
                     results.append(
                         measure_remote(job, n, target, warmup, runs, not no_xnnpack, timeout, target_options)
                     )
-            except _LoadError as exc:
+            except (_LoadError, TargetEngineError) as exc:  # this file in this engine: a skip, said why
                 skipped.append({"runtime": job.runtime, "format": job.fmt.name, "reason": str(exc)})
                 break
     if not results:

@@ -57,3 +57,7 @@ class RuntimeUnavailableError(EdgekitError):
 
 class TargetError(EdgekitError):
     """A target that cannot be reached or set up (qemu rootfs, SSH host, adb device)."""
+
+
+class TargetEngineError(TargetError):
+    """The target ran, but its engine failed on one file (a skip for that file, not for the target)."""

@@ -367,6 +367,18 @@ def test_pi_emu_runs_onnx_in_openvino(models, batch, x86):
     assert np.abs(int8["outputs"] - x86["m_int8.onnx"]).max() <= 4 * _lsb(models, "m_int8.onnx")
 
 
+@needs_rootfs
+def test_an_engine_failing_on_one_file_is_not_a_target_failure(tmp_path):
+    """bench and eval skip that file in that engine (with the reason) and go on with the others."""
+    from edgekit.errors import TargetEngineError
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(TargetEngineError) as err:
+        get_target("pi4-emu").run(bad, "onnxruntime", warmup=0, runs=1)
+    assert "onnxruntime cannot load model.onnx" in err.value.message
+
+
 def test_targets_leave_executorch_local_with_the_reason(tmp_path):
     pte = tmp_path / "model.pte"
     pte.write_bytes(b"not run")

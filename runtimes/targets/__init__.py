@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import TargetError, UsageError
+from edgekit.errors import TargetEngineError, TargetError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -147,7 +147,7 @@ class Target:
                 "the runner printed no JSON; run it by hand on the target to see why",
             ) from exc
         if not result.get("ok"):
-            raise TargetError(
+            raise TargetEngineError(
                 f"{self.name}: {result.get('error', 'runner failed')}",
                 f"on the target: {result.get('hint', 'see the runner output')}",
             )
