@@ -151,10 +151,9 @@ def relus_through_concats(graph: Any) -> int:
         branches = []
         with graph.graph.inserting_before(cat):
             for branch in cat.args[0]:
-                positive = _non_negative(branch)
-                branches.append(
-                    branch if positive else graph.graph.call_function(aten.relu.default, (branch,))
-                )
+                if not _non_negative(branch):
+                    branch = graph.graph.call_function(aten.relu.default, (branch,))
+                branches.append(branch)
         cat.args = (branches, *cat.args[1:])
         node.replace_all_uses_with(cat)
         graph.graph.erase_node(node)
@@ -204,10 +203,8 @@ def avg_pools_as_depthwise(graph: Any) -> int:
 
 
 def _is_relu(node: Any) -> bool:
-    return node.op == "call_function" and getattr(node.target, "__name__", "").split(".")[0] in (
-        "relu",
-        "relu_",
-    )
+    name = getattr(node.target, "__name__", "").split(".")[0]
+    return node.op == "call_function" and name in ("relu", "relu_")
 
 
 POOLS_AND_PADS = ("max_pool2d", "avg_pool2d", "constant_pad_nd")
