@@ -168,6 +168,19 @@ def _load_weights(model: Any, weights: dict[str, Any]) -> None:
             model.get_submodule(name).weight.copy_(w)
 
 
+def merge_records(first: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:
+    """Two lanes' calibration records as one (edgekit.lanes): the shared remedies (computed the
+    same way in both) once, each grid's own ones, every format's grids and ranges (the module
+    rewrites are the network's, the same in both)."""
+    if first is None:
+        return other
+    merged = dict(first)
+    merged["remedies"] = first["remedies"] + [r for r in other["remedies"] if r not in first["remedies"]]
+    for key in ("weight_grids", "activation_ranges"):
+        merged[key] = {**first[key], **other[key]}
+    return merged
+
+
 def rounded_ranges(ranges: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
     """Activation ranges as the manifest records them (6 decimals)."""
     return {name: [round(float(lo), 6), round(float(hi), 6)] for name, (lo, hi) in ranges.items()}

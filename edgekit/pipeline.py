@@ -9,8 +9,14 @@ swapped in only when all steps passed, so a failed export leaves an earlier good
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,8 @@ from edgekit.build import Built, build, check_args
 from edgekit.console import Steps
 from edgekit.errors import UsageError
 from edgekit.formats import Format, WriteRequest
+from edgekit.lanes import Forked, Lane, default_jobs
+from edgekit.lanes import plan as plan_lanes
 from edgekit.machine import versions
 from edgekit.manifest import FileEntry, Manifest, check_path, check_writable, staged_dir, write_manifest
 from edgekit.verify import Checker, check, exactness_paths
@@ -42,20 +50,22 @@ def export(
     dynamic_batch: bool = False,
     int8: bool = False,
     seed: int = 0,
+    jobs: int | None = None,
     **quant_options: Any,
 ) -> Manifest:
     """Export ``name`` (a zoo name, ``file.py:factory`` or an ``nn.Module``) to the requested
     formats in ``out_dir``; returns the manifest. ``weights``: a training checkpoint for a zoo
-    network; ``preprocess``: overrides of mean, std, resize, resolution, interpolation, color."""
+    network; ``preprocess``: overrides of mean, std, resize, resolution, interpolation, color;
+    ``jobs``: processes writing files side by side (default: one per core, :mod:`edgekit.lanes`)."""
     config = QuantConfig.from_options(seed=seed, **quant_options)
     chosen = fmts.resolve(formats, int8)
-    _preflight(name, resolution, out_dir, chosen, int8, config, quant_options)
+    _preflight(name, resolution, out_dir, chosen, int8, config, quant_options, jobs)
     for option, path in (("--weights", weights), ("--labels", labels)):
         if isinstance(path, (str, os.PathLike)) and not check_path(path, option).is_file():
             raise UsageError(f"{option} {path} does not exist", f"pass an existing file to {option}")
-    floats, int8s = [f for f in chosen if not f.int8], [f for f in chosen if f.int8]
+    lanes = plan_lanes(chosen, jobs or default_jobs())
     shown = name if isinstance(name, str) else type(name).__name__
-    with Steps("edgekit export", 2 + len(floats) + bool(int8s)) as steps:
+    with Steps("edgekit export", 2 + _step_count(lanes)) as steps:
         with steps.step(f"build {shown}"):
             built = build(
                 name,
@@ -74,13 +84,8 @@ def export(
         with staged_dir(out) as stage:
             manifest = _new_manifest(built, dynamic_batch, argv)
             manifest.labels = built.labels or _folder_labels(config.calib, built)
-            checker = Checker(built.model, built.spec, seed)
-            for fmt in floats:
-                with steps.step(f"{fmt.name} ({fmt.filename})"):
-                    _write(fmt, stage, manifest, built.model, checker, dynamic_batch)
-            if int8s:
-                with steps.step("int8 (calibration)"):
-                    _write_int8(int8s, stage, manifest, built, checker, config)
+            work = LaneWork(stage, built, Checker(built.model, built.spec, seed), config, dynamic_batch)
+            _write_lanes(lanes, work, manifest, steps)
             with steps.step("manifest.json + report.md"):
                 from edgekit.report import write_report
 
@@ -89,6 +94,74 @@ def export(
                 write_report(stage)
         manifest.folder = str(out)
     return manifest
+
+
+@dataclass
+class LaneWork:
+    """What every lane writes from: the staging folder, the network, its checker, the int8 config."""
+
+    stage: Path
+    built: Built
+    checker: Checker
+    config: QuantConfig
+    dynamic_batch: bool
+
+
+def _step_count(lanes: list[Lane]) -> int:
+    main = lanes[0].formats
+    return len(main) + any(f.int8 for f in main) + len(lanes) - 1
+
+
+def _write_lanes(lanes: list[Lane], work: LaneWork, manifest: Manifest, steps: Steps) -> None:
+    """The main lane here, shown step by step; every other lane in a forked process, merged after.
+    Files keep the registry's order whichever lane wrote them."""
+    others = [Forked(lane.describe(), _write_part, lane, work, manifest) for lane in lanes[1:]]
+    try:
+        _write_lane(lanes[0], work, manifest, steps.step)
+        for lane, child in zip(lanes[1:], others, strict=True):
+            with steps.step(f"{lane.describe()} (second process)"):
+                _merge(manifest, child.result())
+    finally:
+        for child in others:
+            child.stop()
+    order = list(fmts.registry())
+    manifest.files = {n: manifest.files[n] for n in sorted(manifest.files, key=order.index)}
+
+
+def _write_part(lane: Lane, work: LaneWork, manifest: Manifest) -> Manifest:
+    """A forked lane's body: its files, timings and calibration record in a blank manifest."""
+    part = dataclasses.replace(manifest, files={}, timings={}, calibration=None)
+    _write_lane(lane, work, part, functools.partial(_timed, part.timings))
+    return part
+
+
+def _merge(manifest: Manifest, part: Manifest) -> None:
+    manifest.files.update(part.files)
+    manifest.timings.update(part.timings)
+    if part.calibration is not None:
+        from calibration.int8 import merge_records
+
+        manifest.calibration = merge_records(manifest.calibration, part.calibration)
+
+
+@contextlib.contextmanager
+def _timed(times: dict[str, float], what: str) -> Iterator[None]:
+    """A step of a forked lane: timed into its manifest like the main lane's displayed steps."""
+    start = time.perf_counter()
+    yield
+    times[what] = round(time.perf_counter() - start, 2)
+
+
+def _write_lane(
+    lane: Lane, work: LaneWork, manifest: Manifest, step: Callable[[str], ContextManager[None]]
+) -> None:
+    """A lane's float files, then its int8 files from one calibration."""
+    floats, int8s = [f for f in lane.formats if not f.int8], [f for f in lane.formats if f.int8]
+    for fmt in floats:
+        with step(f"{fmt.name} ({fmt.filename})"):
+            _write(fmt, work.stage, manifest, work.built.model, work.checker, work.dynamic_batch)
+    if int8s:
+        _write_int8(int8s, manifest, work, step)
 
 
 def _folder_labels(calib: Any, built: Built) -> list[str] | None:
@@ -109,9 +182,12 @@ def _preflight(
     int8: bool,
     config: QuantConfig,
     options: dict[str, Any],
+    jobs: int | None,
 ) -> None:
     """Everything that can be checked before any work: a typo costs a second, not an export."""
     given = [k for k, v in options.items() if v not in (None, False)]
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs}: needs at least 1", "pass --jobs 1 to write every file in one go")
     if given and not int8:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise UsageError(f"int8 options without --int8: {flags}", "add --int8 or drop them")
@@ -176,17 +252,18 @@ def _write(
 
 
 def _write_int8(
-    int8s: list[Format], stage: Path, manifest: Manifest, built: Built, checker: Checker, config: QuantConfig
+    int8s: list[Format], manifest: Manifest, work: LaneWork, step: Callable[[str], ContextManager[None]]
 ) -> None:
-    """One calibration for every int8 format; each file verified against its own remedied model."""
+    """One calibration for the lane's int8 formats; each file verified against its remedied model."""
     from calibration import int8
 
-    start = time.perf_counter()
-    prepared = int8.prepare(built.model, built.spec, config, int8s, checker.inputs["images"][:1])
-    manifest.timings["int8: calibration set + remedies"] = round(time.perf_counter() - start, 2)
+    built, checker = work.built, work.checker
+    with step(f"int8 calibration ({', '.join(f.name for f in int8s)})"):
+        prepared = int8.prepare(built.model, built.spec, work.config, int8s, checker.inputs["images"][:1])
     for fmt in int8s:
         model, request = prepared.requests[fmt.name]
-        ranges = _write(fmt, stage, manifest, model, checker.for_model(model), int8=request)
+        with step(f"{fmt.name} ({fmt.filename})"):
+            ranges = _write(fmt, work.stage, manifest, model, checker.for_model(model), int8=request)
         prepared.record["activation_ranges"][fmt.family] = int8.rounded_ranges(ranges)
     manifest.calibration = prepared.record
 

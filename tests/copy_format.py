@@ -26,3 +26,10 @@ FORMAT = Format(
 def write(request: WriteRequest) -> dict[str, Any]:
     shutil.copyfile(request.source, request.path)
     return {"copied_from": request.source.name}
+
+
+def fail(request: WriteRequest) -> dict[str, Any]:
+    """A writer that fails (the lanes test: an error in a second process)."""
+    from edgekit.errors import ExportError
+
+    raise ExportError("copy failed on purpose", "nothing to fix: a test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,46 @@ def test_a_new_format_goes_through_every_step(copy_format, tmp_path: Path) -> No
     assert read_results(out)["bench"]["results"][0]["format"] == "onnx-copy"
     text = write_report(out).path.read_text()
     assert "| onnx-copy | model_copy.onnx |" in text and "| onnx-copy | onnxruntime |" in text
+
+
+def test_lanes_split_the_formats_across_processes() -> None:
+    """TFLite files in a second process, sources in their reader's lane, at most ``jobs`` lanes."""
+    from edgekit.lanes import plan
+
+    chosen = formats.resolve(["onnx", "tflite", "executorch", "ncnn"], int8=True)
+
+    def names(jobs: int) -> list[list[str]]:
+        return [[f.name for f in lane.formats] for lane in plan(chosen, jobs)]
+
+    assert names(1) == [[f.name for f in chosen]]
+    main, litert = names(2)
+    assert litert == ["tflite-fp32", "tflite-fp16", "tflite-int8"]
+    assert main[0] == "torch" and "ncnn-fp32" in main and "executorch-fp32" in main  # ncnn reads model.onnx
+    assert names(3)[2] == ["executorch-fp32", "executorch-int8"]
+    # A format of another lane that reads a main-lane file is written in the main lane.
+    reader = dataclasses.replace(formats.get("tflite-fp16"), name="x", source="onnx-fp32")
+    assert [f.name for f in plan([formats.get("onnx-fp32"), reader], 2)[0].formats] == ["onnx-fp32", "x"]
+
+
+def test_a_failing_second_process_fails_the_export_in_one_line(copy_format, tmp_path: Path) -> None:
+    """The forked lane's error reaches the export unchanged; nothing is left in --out."""
+    from edgekit import pipeline
+    from edgekit.errors import ExportError
+
+    broken = dataclasses.replace(
+        copy_format, name="broken", lane="elsewhere", writer="copy_format:fail", source=None
+    )
+    formats.register(broken)
+    try:
+        with pytest.raises(ExportError, match="copy failed on purpose"):
+            pipeline.export(
+                "mobilenet_v2",
+                out_dir=tmp_path / "m",
+                width=0.35,
+                resolution=32,
+                formats=["onnx", "broken"],
+                jobs=2,
+            )
+    finally:
+        formats.unregister("broken")
+    assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())

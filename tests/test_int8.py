@@ -123,13 +123,14 @@ def test_int8_runs_and_agrees_with_float(int8_dir, fmt):
 
 
 def test_same_command_same_files(int8_dir, tmp_path):
-    """The same export command gives byte-identical files, int8 included, whatever torch's thread count."""
+    """The same export command gives byte-identical files, int8 included, whatever torch's thread count
+    and however many processes write them (the fixture: one per core; here: one)."""
     from edgekit import pipeline
 
     torch.set_num_threads(1)  # the fixture ran at the default count: summation orders must not matter
     try:
         again = tmp_path / "again"
-        pipeline.export("mobilenet_v2", out_dir=again, resolution=RESOLUTION, int8=True, **OPTIONS)
+        pipeline.export("mobilenet_v2", out_dir=again, resolution=RESOLUTION, int8=True, jobs=1, **OPTIONS)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
     first, second = manifest_json(int8_dir), manifest_json(again)

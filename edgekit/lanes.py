@@ -1,0 +1,119 @@
+"""Lanes: the formats of one export split into groups written side by side, one process each.
+
+The converters are single-threaded Python: litert-torch traces, decomposes and lowers the graph
+for 15-40 s a file, ExecuTorch's lowering likewise. On a machine with two cores the TFLite files
+are therefore written in a forked process while the main one writes the others, each lane with
+its own int8 calibration (same tensors, same remedies: one thread, so the same bytes as a serial
+export). A format names its lane in the registry; a lane whose formats read a file of another
+lane joins that lane. ``jobs`` bounds the processes: lanes past it join the main lane.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgekit.errors import ExportError
+
+MAIN = "main"
+
+
+@dataclass
+class Lane:
+    name: str
+    formats: list[Any] = field(default_factory=list)  # edgekit.formats.Format, in export order
+
+    def describe(self) -> str:
+        return ", ".join(f.name for f in self.formats)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs() -> int:
+    """One process per core, when processes can be forked (Linux); else one."""
+    return usable_cores() if "fork" in multiprocessing.get_all_start_methods() else 1
+
+
+def plan(chosen: list[Any], jobs: int) -> list[Lane]:
+    """The lanes of ``chosen``: the main lane first (it holds the reference file), then the
+    others in registry order; at most ``jobs`` lanes, the rest joined to the main one."""
+    lane_of = {f.name: f.lane for f in chosen}
+    for f in chosen:  # a file read from another lane must be written first: same lane
+        if f.source in lane_of and lane_of[f.source] != lane_of[f.name]:
+            lane_of[f.name] = MAIN
+    names = [MAIN, *dict.fromkeys(n for n in lane_of.values() if n != MAIN)]
+    kept = set(names[: max(jobs, 1)])
+    lanes = {name: Lane(name) for name in names if name in kept}
+    for f in chosen:
+        lanes[lane_of[f.name] if lane_of[f.name] in kept else MAIN].formats.append(f)
+    return [lane for lane in lanes.values() if lane.formats or lane.name == MAIN]
+
+
+class Forked:
+    """``fn(*args)`` in a forked child; :meth:`result` returns its value or raises its error.
+
+    Fork, not spawn: the child inherits the built network, the checker's reference outputs and a
+    user's own module classes without pickling them. Its result comes back through a pipe.
+    """
+
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.name = name
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=_child, args=(send, fn, args), name=f"edgekit-{name}")
+        self._process.start()
+        send.close()
+
+    def result(self) -> Any:
+        try:
+            ok, value = self._recv.recv()
+        except EOFError:  # the child died before sending (killed, out of memory, a native crash)
+            self._process.join()
+            raise ExportError(
+                f"the process writing {self.name} died (exit code {self._process.exitcode})",
+                "rerun with --jobs 1 to write every file in one process",
+            ) from None
+        self._process.join()
+        if ok:
+            return value
+        raise value
+
+    def stop(self) -> None:
+        """Kill the child if it still runs (the main lane failed or was interrupted)."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._recv.close()
+
+
+def _child(send: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    import torch
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent reports an interrupt, once
+        signal.signal(signum, signal.SIG_DFL)
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork; the other core is busy
+    try:
+        reply = (True, fn(*args))
+    except BaseException as exc:  # the parent re-raises it: same message, same exit code
+        reply = (False, _picklable(exc))
+    send.send(reply)
+    send.close()
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return ExportError(f"{type(exc).__name__}: {exc}")
