@@ -1,8 +1,9 @@
 """ExecuTorch: the engine for ``.pte`` files, through its Python binding with XNNPACK.
 
 The binding (``executorch.extension.pybindings._C``) links libtorch, so running a ``.pte`` from
-Python needs torch (on a Pi too: the 427 MB aarch64 torch wheel). It is imported directly:
-``executorch.runtime`` would import the whole exporter and torchao first (5-8 s, ~400 MB).
+Python here needs torch. It is imported directly: ``executorch.runtime`` would import the whole
+exporter and torchao first (5-8 s, ~400 MB). On the targets, runner.py calls the same runtime
+libraries through edgekit's C API instead (runtimes/executorch_capi.cpp), with no torch.
 XNNPACK's thread pool is global to the process; a session sets it before loading.
 """
 

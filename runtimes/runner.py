@@ -1,13 +1,15 @@
 """Run one model file, time it, print ONE JSON object on stdout. Executed unchanged on every target.
 
 Standalone on purpose: stdlib + numpy + the engine (onnxruntime; ai_edge_litert with
-tflite_runtime as fallback; ncnn; openvino), nothing of the project, Python >= 3.8, so it can be
-copied to a Raspberry Pi, an Android shell or a qemu rootfs and run as is. Each engine is imported
-only when asked for: a board without it gets a clean "not installed" (exit 3), never a crash::
+tflite_runtime as fallback; ncnn; openvino; ExecuTorch through edgekit's C API, no torch), nothing
+of the project, Python >= 3.8, so it can be copied to a Raspberry Pi, an Android shell or a qemu
+rootfs and run as is. Each engine is imported only when asked for: a board without it gets a clean
+"not installed" (exit 3), never a crash::
 
     python3 runner.py --model m.tflite --engine litert --threads 4 --warmup 5 --runs 50 \
         [--input in.npy] [--output out.npy] [--no-xnnpack] [--fp16] [--seed 0]
     python3 runner.py --model m.ncnn.param --engine ncnn     # reads m.ncnn.bin beside it
+    python3 runner.py --model m.pte --engine executorch      # XNNPACK, as delegated in the file
     python3 runner.py --probe        # machine + which engines import
 
 Input is a float array in the file's own layout; int8/uint8 inputs are quantised with the file's
@@ -19,13 +21,14 @@ and exit non-zero.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
 import time
 
-ENGINES = ("onnxruntime", "litert", "ncnn", "openvino")
+ENGINES = ("onnxruntime", "litert", "ncnn", "openvino", "executorch")
 EXIT_FAILED = 2
 EXIT_NO_ENGINE = 3
 
@@ -136,11 +139,22 @@ def _openvino_version():
     return openvino.__version__.split("-")[0]
 
 
+def _executorch_version():
+    """From the wheel's ``executorch-VERSION.dist-info`` beside the C API's folder (importlib.metadata
+    would scan the whole path: half a second under emulation)."""
+    site = os.path.dirname(os.path.dirname(_executorch_capi()._name))
+    for name in os.listdir(site):
+        if name.startswith("executorch-") and name.endswith(".dist-info"):
+            return name[len("executorch-") : -len(".dist-info")]
+    raise ImportError(f"no executorch-*.dist-info in {site}: install the executorch wheel there")
+
+
 _VERSIONS = {
     "onnxruntime": _ort_version,
     "litert": _litert_version,
     "ncnn": _ncnn_version,
     "openvino": _openvino_version,
+    "executorch": _executorch_version,
 }
 
 
@@ -330,7 +344,99 @@ class OpenVinoModel:
         return y
 
 
-_MODELS = {"onnxruntime": OrtModel, "litert": LiteRtModel, "ncnn": NcnnModel, "openvino": OpenVinoModel}
+# edgekit's C API over ExecuTorch's runtime libraries (runtimes/executorch_capi.cpp), beside the
+# executorch wheel on the Python path: <site>/edgekit_executorch/ and <site>/executorch/lib/.
+CAPI = os.path.join("edgekit_executorch", "libexecutorch_capi.so")
+
+
+@functools.lru_cache(maxsize=None)  # noqa: UP033  (functools.cache is 3.9+; boards may have 3.8)
+def _executorch_capi():
+    """The C API, loaded once; ImportError when it is not on the Python path or does not load."""
+    import ctypes
+
+    found = [os.path.join(p, CAPI) for p in sys.path if os.path.isfile(os.path.join(p or ".", CAPI))]
+    if not found:
+        raise ImportError(f"{CAPI} is not on the Python path")
+    try:
+        lib = ctypes.CDLL(found[0])
+    except OSError as exc:
+        raise ImportError(str(exc)) from exc
+    text, size, handle = ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p
+    lib.ek_load.argtypes, lib.ek_load.restype = [text, ctypes.c_int, text, size], handle
+    dims = [handle, ctypes.POINTER(ctypes.c_int64), ctypes.c_int]
+    lib.ek_input_sizes.argtypes = lib.ek_output_sizes.argtypes = dims
+    lib.ek_forward.argtypes = [handle, handle, handle, text, size]
+    return lib
+
+
+class ExecuTorchModel:
+    """A ``.pte`` in ExecuTorch's own runtime with its XNNPACK delegate, through edgekit's C API:
+    the wheel's Python binding links libtorch, which a board does not need (docs/targets.md).
+    XNNPACK's thread pool is global to the process; the C API sets it before loading."""
+
+    def __init__(self, path, threads, no_xnnpack, fp16):
+        import ctypes
+
+        try:
+            self._lib = _executorch_capi()
+        except ImportError as exc:
+            raise RunnerError(
+                f"ExecuTorch is not installed on the target ({exc})",
+                "pip install --no-deps executorch==1.5.1 and build edgekit's C API beside it "
+                "(docs/targets.md: ExecuTorch on a Pi)",
+                EXIT_NO_ENGINE,
+            ) from exc
+        self._err = ctypes.create_string_buffer(1024)
+        self._handle = self._lib.ek_load(os.fsencode(path), threads, self._err, len(self._err))
+        if not self._handle:
+            raise RunnerError(
+                f"executorch cannot load {os.path.basename(path)}: {self._error()}",
+                "check that the file was written by the same ExecuTorch version and is not truncated",
+            )
+        self.version = _executorch_version()
+        self.shape = self._sizes(self._lib.ek_input_sizes)
+        self.output_shape = self._sizes(self._lib.ek_output_sizes)
+        self.dtype = "float32"
+        self.quant = None  # int8 files keep float I/O: the graph quantises inside, as in ONNX QDQ
+        self.output_quant = None
+
+    def _error(self):
+        return self._err.value.decode(errors="replace")
+
+    def _sizes(self, fn):
+        import ctypes
+
+        dims = (ctypes.c_int64 * 8)()
+        return list(dims[: fn(self._handle, dims, len(dims))])
+
+    def __call__(self, x):
+        import numpy as np
+
+        if list(x.shape) != self.shape:  # the C API reads exactly the input's size
+            raise RunnerError(
+                f"input shape {list(x.shape)} is not the .pte's {self.shape}",
+                "ExecuTorch files have a static shape; pass batches of that shape",
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.empty(self.output_shape, dtype=np.float32)
+        if self._lib.ek_forward(self._handle, x.ctypes.data, y.ctypes.data, self._err, len(self._err)):
+            raise RunnerError(
+                f"executorch: {self._error()}",
+                "the file loaded but did not run; run it with --target local to compare",
+            )
+        return y
+
+    def dequantize(self, y):
+        return y
+
+
+_MODELS = {
+    "onnxruntime": OrtModel,
+    "litert": LiteRtModel,
+    "ncnn": NcnnModel,
+    "openvino": OpenVinoModel,
+    "executorch": ExecuTorchModel,
+}
 
 
 def _reason(exc):
@@ -426,7 +532,8 @@ def run(args):
         "engine": args.engine,
         "engine_version": model.version,
         "threads": args.threads,
-        "xnnpack": args.engine == "litert" and not args.no_xnnpack,
+        # LiteRT applies XNNPACK at run time; a .pte carries its delegation in the file.
+        "xnnpack": args.engine == "executorch" or (args.engine == "litert" and not args.no_xnnpack),
         "fp16": args.fp16,
         "input": {"shape": model.shape, "dtype": model.dtype, "quant": model.quant},
         "output_quant": model.output_quant,

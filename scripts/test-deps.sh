@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tools the tests need beyond the venv (sshd, qemu, the arm64 rootfs, Chromium for the HTML pages); idempotent.
+# Tools the tests need beyond the venv (sshd, qemu, the arm64 rootfs, Chromium for the HTML pages,
+# the aarch64 cross compiler for the rootfs's ExecuTorch C API); idempotent.
 set -euo pipefail
 
-NEEDED=(qemu-user-static debootstrap openssh-server openssh-client chromium)
+NEEDED=(qemu-user-static debootstrap openssh-server openssh-client chromium g++-aarch64-linux-gnu)
 missing=()
 for pkg in "${NEEDED[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

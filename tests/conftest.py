@@ -170,6 +170,21 @@ def sshd(tmp_path_factory):
     proc.wait(timeout=10)
 
 
+def arm64_python(folder: Path) -> Path:
+    """A ``python3`` script that runs the pi4-emu rootfs's Python under qemu with the rootfs's
+    engine layers: a Pi's Python as far as an SSH login can tell."""
+    import shlex
+
+    from runtimes.targets import get_target
+
+    pi = get_target("pi4-emu")
+    python = folder / "arm64-python"
+    env = [f"{k}={v}" for k, v in pi._env().items() if k.startswith("PYTHON")]
+    python.write_text(f'#!/bin/sh\nexec env {shlex.join([*env, *pi._command()])} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 def manifest_json(folder: Path, check_hashes: bool = True) -> dict:
     """A folder's manifest in its JSON form (what manifest.json and `export --json` hold)."""
     from edgekit.manifest import read_manifest

@@ -7,7 +7,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import arm64_python, free_port
 
 from edgekit.errors import TargetError, UsageError
 from runtimes.targets import RUNNER, get_target
 from runtimes.targets.local import LocalTarget
-from runtimes.targets.qemu import ENGINES_SITE, QemuTarget, rootfs_dir
+from runtimes.targets.qemu import ENGINES_SITE, EXECUTORCH_SITE, QemuTarget, rootfs_dir
 
 RES = 32
 FAKE_ADB = Path(__file__).parent / "fake_adb"
@@ -325,6 +324,10 @@ def test_pi5_emu_runs_int8_litert(models, batch, x86):
     assert np.abs(result["outputs"] - x86["m_int8.tflite"]).max() <= 2 * _lsb(models, "m_int8.tflite")
 
 
+needs_executorch = pytest.mark.skipif(
+    not (rootfs_dir() / EXECUTORCH_SITE / ".edgekit-stamp").exists(),
+    reason="the rootfs has no ExecuTorch layer: run `make pi-rootfs` (needs g++-aarch64-linux-gnu)",
+)
 needs_engines = pytest.mark.skipif(
     not (rootfs_dir() / ENGINES_SITE / ".edgekit-stamp").exists(),
     reason="the rootfs has no engine layer (ncnn, openvino): run `make pi-rootfs`",
@@ -379,12 +382,39 @@ def test_an_engine_failing_on_one_file_is_not_a_target_failure(tmp_path):
     assert "onnxruntime cannot load model.onnx" in err.value.message
 
 
-def test_targets_leave_executorch_local_with_the_reason(tmp_path):
-    pte = tmp_path / "model.pte"
-    pte.write_bytes(b"not run")
+def test_targets_leave_the_torch_file_local_with_the_reason(tmp_path):
+    pt2 = tmp_path / "model.pt2"
+    pt2.write_bytes(b"not run")
     with pytest.raises(TargetError) as err:
-        get_target("pi4-emu").run(pte, "executorch")
-    assert "links libtorch" in err.value.message and "--target local" in err.value.hint
+        get_target("pi4-emu").run(pt2, "torch")
+    assert "needs torch on the target" in err.value.message and "--target local" in err.value.hint
+
+
+@needs_rootfs
+@needs_executorch
+def test_a_broken_pte_on_the_emulated_pi_is_an_engine_failure(tmp_path):
+    """ExecuTorch's own reason comes back through the C API (bench and eval skip the file with it)."""
+    from edgekit.errors import TargetEngineError
+
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(b"not a program")
+    with pytest.raises(TargetEngineError) as err:
+        get_target("pi4-emu").run(pte, "executorch", warmup=0, runs=1)
+    assert "executorch cannot load model.pte: " in err.value.message and "(error " in err.value.message
+
+
+def test_runner_without_the_executorch_c_api_says_how_to_add_it(tmp_path):
+    # This machine's Python has the executorch wheel but not edgekit's C API beside it.
+    (tmp_path / "model.pte").write_bytes(b"never loaded")
+    proc = subprocess.run(
+        [sys.executable, str(RUNNER), "--model", str(tmp_path / "model.pte"), "--engine", "executorch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    failure = json.loads(proc.stdout)
+    assert proc.returncode == 3 and "libexecutorch_capi.so is not on the Python path" in failure["error"]
+    assert "executorch==1.5.1" in failure["hint"] and "docs/targets.md" in failure["hint"]
 
 
 # --- SSH against a real OpenSSH server on 127.0.0.1 ------------------------------------------------
@@ -415,12 +445,7 @@ def test_ssh_matches_local(sshd, name, models, batch, x86):
 def test_ssh_to_an_arm64_python_runs_ncnn(sshd, ncnn_models, batch, tmp_path):
     """The remote Python is the rootfs's under qemu (a Pi's Python as far as SSH can tell): the
     runner, the .param and its .bin go over scp, the outputs come back."""
-    pi = get_target("pi4-emu")
-    python = tmp_path / "arm64-python"
-    env = [f"{k}={v}" for k, v in pi._env().items() if k.startswith("PYTHON")]
-    python.write_text(f'#!/bin/sh\nexec env {shlex.join([*env, *pi._command()])} "$@"\n')
-    python.chmod(0o755)
-    target = _ssh(sshd, remote_python=str(python))
+    target = _ssh(sshd, remote_python=str(arm64_python(tmp_path)))
     result = target.run(ncnn_models / "model.ncnn.param", "ncnn", warmup=0, runs=2, inputs=batch["NCHW"])
     assert result["machine"]["arch"] == "aarch64" and len(result["latencies_ms"]) == 2
     assert (
@@ -509,7 +534,7 @@ def test_pibench_emulated_rows_and_readme(models):
     assert "ESTIMATES" in head and "not representative" in head and text.count("\n| tiny |") == 2
 
 
-def test_eval_on_a_target_runs_the_engine_asked_and_skips_what_it_cannot():
+def test_eval_on_a_target_runs_the_engine_asked_and_skips_what_it_cannot(monkeypatch):
     """eval --target: an extra engine is planned on the target under its own name, and a format
     whose default engine the runner lacks is a skip with the reason, not a failed command."""
     from types import SimpleNamespace
@@ -517,7 +542,11 @@ def test_eval_on_a_target_runs_the_engine_asked_and_skips_what_it_cannot():
     from edgekit.evaluate import Skip, runs
 
     pi = SimpleNamespace(name="pi4-emu")
-    found = {key: engine for key, _, engine in runs(["executorch-fp32", "onnx-fp32"], pi, ["openvino"])}
-    skip = found["executorch-fp32"]
-    assert isinstance(skip, Skip) and "runs onnxruntime" in skip.reason
+    chosen = ["executorch-fp32", "onnx-fp32"]
+    found = {key: engine for key, _, engine in runs(chosen, pi, ["openvino"])}
+    assert found["executorch-fp32"] == "executorch"
     assert found["onnx-fp32"] == "onnxruntime" and found["onnx-fp32 (openvino)"] == "openvino"
+    # A board runner without ExecuTorch (every built-in format's engine is in runner.py now).
+    monkeypatch.setattr("runtimes.targets.ENGINES", ("onnxruntime", "openvino"))
+    skip = {key: engine for key, _, engine in runs(chosen, pi)}["executorch-fp32"]
+    assert isinstance(skip, Skip) and "runs onnxruntime, openvino only" in skip.reason

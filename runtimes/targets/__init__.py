@@ -1,10 +1,10 @@
 """Targets: *where* a model runs (this machine, an emulated Pi, a Pi over SSH, a phone over adb).
 
-The engine (onnxruntime, litert, ncnn, openvino) is chosen separately; every target copies the
-model (with its companion files: ncnn's .bin) and the one standalone ``runtimes/runner.py`` to its
-working folder, runs it there and parses the single JSON object it prints. Subclasses implement
-only the transport (``_execute``) and ``check``. ExecuTorch and torch files run locally only:
-their Python runtimes need torch on the target (see ``LOCAL_ONLY``).
+The engine (onnxruntime, litert, ncnn, openvino, executorch) is chosen separately; every target
+copies the model (with its companion files: ncnn's .bin) and the one standalone
+``runtimes/runner.py`` to its working folder, runs it there and parses the single JSON object it
+prints. Subclasses implement only the transport (``_execute``) and ``check``. torch files run
+locally only: their runtime is torch (see ``LOCAL_ONLY``).
 
     target = get_target("pi4-emu")
     target.check()
@@ -27,13 +27,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 RUNNER = Path(__file__).resolve().parent.parent / "runner.py"
-ENGINES = ("onnxruntime", "litert", "ncnn", "openvino")  # what runner.py can load
+ENGINES = ("onnxruntime", "litert", "ncnn", "openvino", "executorch")  # what runner.py can load
 # Engines the runner leaves out, and why (bench and eval skip them on a target with ENGINES).
-LOCAL_ONLY = {
-    "torch": "model.pt2 needs torch on the target",
-    "executorch": "ExecuTorch's Python binding links libtorch, so a .pte needs torch on the target "
-    "(the aarch64 torch wheel is 427 MB); the emulated Pi's rootfs leaves it out",
-}
+LOCAL_ONLY = {"torch": "model.pt2 needs torch on the target"}
 INPUT_FILE = "input.npy"
 OUTPUT_FILE = "output.npy"
 EMULATION_NOTE = "qemu user-mode emulation: not representative of the device"

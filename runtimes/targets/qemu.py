@@ -1,10 +1,10 @@
 """The emulated Raspberry Pi: qemu user-mode running an arm64 Debian Python on this machine.
 
 ``pi4-emu`` emulates a Cortex-A72 (Raspberry Pi 4), ``pi5-emu`` a Cortex-A76 (Raspberry Pi 5).
-The rootfs (Debian bookworm arm64 + aarch64 wheels of numpy, onnxruntime and ai-edge-litert,
-and a layer with ncnn and openvino) is built by ``make pi-rootfs`` into ``$EDGEKIT_CACHE/pi-rootfs``.
-qemu's ``-L`` serves files from it first, including a Pi-like ``/proc/cpuinfo`` (the engines crash
-on the host's x86 one). ExecuTorch is not in it: its runtime needs the 427 MB aarch64 torch.
+The rootfs (Debian bookworm arm64 + aarch64 wheels of numpy, onnxruntime and ai-edge-litert, a
+layer with ncnn and openvino, and one with ExecuTorch's runtime libraries and edgekit's C API over
+them) is built by ``make pi-rootfs`` into ``$EDGEKIT_CACHE/pi-rootfs``. qemu's ``-L`` serves files
+from it first, including a Pi-like ``/proc/cpuinfo`` (the engines crash on the host's x86 one).
 
 What it is good for: the ARM kernels' *outputs* (fp32 and int8 rounding on ARM vs x86). What it
 is not: a timing. Emulation is hundreds of times slower than a Pi, so every result is flagged
@@ -25,6 +25,7 @@ CPUS = {"pi4-emu": "cortex-a72", "pi5-emu": "cortex-a76"}
 QEMU = "qemu-aarch64-static"
 SITE = "opt/edgekit-site"
 ENGINES_SITE = "opt/edgekit-engines"  # ncnn, openvino: a layer added to the base (pi-rootfs.sh)
+EXECUTORCH_SITE = "opt/edgekit-executorch"  # the executorch wheel + edgekit's C API: another layer
 
 
 def cache_dir() -> Path:
@@ -84,7 +85,7 @@ class QemuTarget(LocalTarget):
                 raise
             raise TargetError(
                 exc.message,
-                "add the engine layer to the rootfs: `make pi-rootfs` (ncnn and openvino)",
+                "add the engine layers to the rootfs: `make pi-rootfs` (ncnn, openvino, executorch)",
             ) from exc
 
     def _describe(self, machine: dict[str, Any]) -> dict[str, Any]:
@@ -102,5 +103,5 @@ class QemuTarget(LocalTarget):
     def _env(self) -> dict[str, str]:
         # Only the wheels built for the rootfs; nothing of the host's Python may leak in.
         keep = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
-        path = os.pathsep.join(str(self.rootfs / site) for site in (SITE, ENGINES_SITE))
+        path = os.pathsep.join(str(self.rootfs / site) for site in (SITE, ENGINES_SITE, EXECUTORCH_SITE))
         return {**keep, "PYTHONPATH": path, "PYTHONNOUSERSITE": "1"}
