@@ -550,3 +550,13 @@ def test_eval_on_a_target_runs_the_engine_asked_and_skips_what_it_cannot(monkeyp
     monkeypatch.setattr("runtimes.targets.ENGINES", ("onnxruntime", "openvino"))
     skip = {key: engine for key, _, engine in runs(chosen, pi)}["executorch-fp32"]
     assert isinstance(skip, Skip) and "runs onnxruntime, openvino only" in skip.reason
+
+
+def test_the_emulated_pis_name_their_own_cores_int8_path() -> None:
+    """The rootfs's cpuinfo is a Pi 4's; the int8 path beside a pi5-emu figure is the A76's."""
+    from edgekit.machine import int8_path
+    from runtimes.targets.qemu import QemuTarget
+
+    pi4 = {"arch": "aarch64", "features": ["fp", "asimd"], "cpu": "Cortex-A72"}
+    assert "without dot product" in int8_path(QemuTarget("pi4-emu")._describe(pi4))
+    assert "dot product (SDOT/UDOT)" in int8_path(QemuTarget("pi5-emu")._describe(pi4))

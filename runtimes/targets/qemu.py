@@ -22,6 +22,13 @@ from edgekit.errors import TargetError
 from runtimes.targets.local import LocalTarget
 
 CPUS = {"pi4-emu": "cortex-a72", "pi5-emu": "cortex-a76"}
+# The Features line of each board's /proc/cpuinfo (the rootfs holds the Pi 4's): the int8 path
+# named beside every figure follows the emulated core (the A76 has the dot product).
+FEATURES = {
+    "cortex-a72": "fp asimd evtstrm crc32 cpuid",
+    "cortex-a76": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+    "dcpop asimddp",
+}
 QEMU = "qemu-aarch64-static"
 SITE = "opt/edgekit-site"
 ENGINES_SITE = "opt/edgekit-engines"  # ncnn, openvino: a layer added to the base (pi-rootfs.sh)
@@ -92,6 +99,7 @@ class QemuTarget(LocalTarget):
         # The rootfs' cpuinfo is a Pi 4's for both models, and the core count is the host's.
         return {
             **machine,
+            "features": FEATURES[self.cpu].split() if self.cpu in FEATURES else machine.get("features", []),
             "cpu": f"{self.cpu} (qemu user-mode on {host_cpu()})",
             "cores": None,
             "emulated": True,
