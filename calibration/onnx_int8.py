@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -94,10 +93,11 @@ def preprocess_model(src: Path, dst: Path) -> Path:
 def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
     """A session that returns every float tensor of the graph (the tensors ORT may quantise).
 
-    Calibration is not timing: it uses every core.
+    Calibration is not timing: it uses the threads torch may use (every core, or this lane's).
     """
     import onnx
     import onnxruntime as ort
+    import torch
 
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -117,7 +117,7 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
                     model.graph.output.append(info)
     options = ort.SessionOptions()
     options.log_severity_level = ort_log_level()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = torch.get_num_threads()  # this process's share (edgekit.lanes)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]

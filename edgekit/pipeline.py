@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from calibration.config import QuantConfig
+from calibration.threads import torch_threads
 from edgekit import formats as fmts
 from edgekit.build import Built, build, check_args
 from edgekit.console import Steps
 from edgekit.errors import UsageError
 from edgekit.formats import Format, WriteRequest
-from edgekit.lanes import Forked, Lane, default_jobs
+from edgekit.lanes import Forked, Lane, default_jobs, usable_cores
 from edgekit.lanes import plan as plan_lanes
 from edgekit.machine import versions
 from edgekit.manifest import FileEntry, Manifest, check_path, check_writable, staged_dir, write_manifest
@@ -117,7 +118,8 @@ def _write_lanes(lanes: list[Lane], work: LaneWork, manifest: Manifest, steps: S
     Files keep the registry's order whichever lane wrote them."""
     others = [Forked(lane.describe(), _write_part, lane, work, manifest) for lane in lanes[1:]]
     try:
-        _write_lane(lanes[0], work, manifest, steps.step)
+        with torch_threads(max(1, usable_cores() - len(others))):  # each forked lane holds a core
+            _write_lane(lanes[0], work, manifest, steps.step)
         for lane, child in zip(lanes[1:], others, strict=True):
             with steps.step(f"{lane.describe()} (second process)"):
                 _merge(manifest, child.result())
