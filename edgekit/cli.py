@@ -201,6 +201,9 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
         "interpolation": options.pop("interpolation"),
         "color": "BGR" if options.pop("bgr") else None,
     }
+    from edgekit.lanes import default_jobs
+
+    options["jobs"] = options["jobs"] or default_jobs()  # a fresh process: safe to fork (edgekit.lanes)
     manifest = pipeline.export(
         name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, preprocess=preprocess, **options
     )

@@ -27,7 +27,7 @@ from edgekit.build import Built, build, check_args
 from edgekit.console import Steps
 from edgekit.errors import UsageError
 from edgekit.formats import Format, WriteRequest
-from edgekit.lanes import Forked, Lane, default_jobs, usable_cores
+from edgekit.lanes import Forked, Lane, usable_cores
 from edgekit.lanes import plan as plan_lanes
 from edgekit.machine import versions
 from edgekit.manifest import FileEntry, Manifest, check_path, check_writable, staged_dir, write_manifest
@@ -57,14 +57,15 @@ def export(
     """Export ``name`` (a zoo name, ``file.py:factory`` or an ``nn.Module``) to the requested
     formats in ``out_dir``; returns the manifest. ``weights``: a training checkpoint for a zoo
     network; ``preprocess``: overrides of mean, std, resize, resolution, interpolation, color;
-    ``jobs``: processes writing files side by side (default: one per core, :mod:`edgekit.lanes`)."""
+    ``jobs``: processes writing files side by side (:mod:`edgekit.lanes`; default 1 here, one per
+    core from the CLI: a fork copies no other thread, and a caller's threads may hold locks)."""
     config = QuantConfig.from_options(seed=seed, **quant_options)
     chosen = fmts.resolve(formats, int8)
     _preflight(name, resolution, out_dir, chosen, int8, config, quant_options, jobs)
     for option, path in (("--weights", weights), ("--labels", labels)):
         if isinstance(path, (str, os.PathLike)) and not check_path(path, option).is_file():
             raise UsageError(f"{option} {path} does not exist", f"pass an existing file to {option}")
-    lanes = plan_lanes(chosen, jobs or default_jobs())
+    lanes = plan_lanes(chosen, jobs or 1)
     shown = name if isinstance(name, str) else type(name).__name__
     with Steps("edgekit export", 2 + _step_count(lanes)) as steps:
         with steps.step(f"build {shown}"):
