@@ -206,10 +206,11 @@ def avg_pools_as_depthwise(graph: Any) -> int:
     return rewritten
 
 
-# A folded gather may add at most this many multiply-adds per gathered value. Measured on
-# CondenseNet at 224 px (this Xeon, LiteRT + XNNPACK, 1 thread, interleaved): folding the layers
-# that add <= 48 (growth <= 16) made the fp32 file 0.92x and the int8 file 0.90x as slow as with
-# every gather; folding every layer (up to 384) made them 1.05x and 1.8x.
+# A folded gather may add at most this many multiply-adds per gathered value. CondenseNet at
+# 224 px (this Xeon with AMX, LiteRT + XNNPACK, 1 thread, interleaved with the gathered files):
+# limit 48 (growth <= 16, +113M MACs) fp32 0.91x, int8 0.85x; 96 (+267M) fp32 0.91x, int8 0.83x;
+# every layer (+750M) fp32 1.06x, int8 0.82x. 48: the fp32 gain for the fewest added MACs (a CPU
+# with slower int8 than AMX pays more for them).
 GATHER_FOLD_MACS = 48
 GATHER_FOLD = "conv(relu(bn(x[:, index]))) -> dense conv(relu(bn(x)))"
 
