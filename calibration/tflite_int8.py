@@ -104,6 +104,7 @@ def quantize_tflite(
     from exporters.rewrites import (
         GATHER_FOLD,
         avg_pools_as_depthwise,
+        batch_norms_as_affine,
         gathers_into_convs,
         relus_through_concats,
         zero_padded_max_pools,
@@ -120,6 +121,7 @@ def quantize_tflite(
                 "relu(cat) -> cat(relu)": relus_through_concats(graph),
                 "max_pool2d(-inf pad) -> PAD(0) + max_pool2d": zero_padded_max_pools(graph),
                 "avg_pool2d -> depthwise conv2d (1/k^2)": avg_pools_as_depthwise(graph),
+                "batch_norm (no conv of its own) -> x * scale + shift": batch_norms_as_affine(graph),
             }
             prepared = prepare_pt2e(graph, quantizer)
             for observer in output_observers(prepared):

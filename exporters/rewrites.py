@@ -265,17 +265,8 @@ def gathers_into_convs(graph: Any, max_macs_per_value: float = GATHER_FOLD_MACS)
         graph.register_parameter(f"{name}_weight", nn.Parameter(dense, requires_grad=False))  # as any conv's
         with graph.graph.inserting_before(conv):
             y = x
-            if affine is not None:
-                # x * scale + shift, not a BatchNorm: PT2E folds a BN into the conv before it even
-                # when that conv's output is read elsewhere too (here: the dense concatenation).
-                for kind, tensor, op in zip(
-                    ("scale", "shift"), affine, (aten.mul.Tensor, aten.add.Tensor), strict=True
-                ):
-                    graph.register_buffer(f"{name}_{kind}", tensor)
-                    constant = graph.graph.get_attr(f"{name}_{kind}")
-                    constant.meta["val"] = tensor  # its rank, read by calibration.annotations
-                    y = graph.graph.call_function(op, (y, constant))
-                    y.meta = {**norm.meta, "val": x.meta["val"]}  # the shape of x, not of x[:, index]
+            if affine is not None:  # (see batch_norms_as_affine: why not a BatchNorm)
+                y = _affine(graph, y, *affine, name, {**norm.meta, "val": x.meta["val"]})
             if relu is not None:
                 y = graph.graph.call_function(aten.relu.default, (y,))
                 y.meta = {**relu.meta, "val": x.meta["val"]}
@@ -326,21 +317,69 @@ def _inference_norm(node: Any) -> bool:
     return not node.args[5] and all(getattr(c, "op", None) == "get_attr" for c in constants)
 
 
+def batch_norms_as_affine(graph: Any) -> int:
+    """Rewrite, in place, every inference BatchNorm of a feature map that PT2E does not fold into
+    a conv (its input is not a conv, or a conv read elsewhere too) into ``x * scale + shift``
+    with [1, C, 1, 1] constants: the same arithmetic up to float rounding. Returns how many.
+
+    Such a BN runs in float in the int8 file either way (DEQUANTIZE, SUB, MUL, QUANTIZE;
+    ``calibration.annotations`` leaves the product float too). As a BatchNorm it also costs
+    PT2E's convert ~50 s, which exports 96 conv-BN patterns to look for training-time folds
+    whenever one is left (CondenseNet's pre-activation BNs), and PT2E folds a BN into the conv
+    before it even when that conv's output is read elsewhere too, which changes what the other
+    reader gets."""
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.target is not aten.batch_norm.default or not _inference_norm(node):
+            continue
+        x = node.args[0]
+        if x.meta["val"].dim() != 4 or (x.target is aten.conv2d.default and len(x.users) == 1):
+            continue
+        scale, shift = (t.reshape(1, -1, 1, 1) for t in _norm_affine(graph, node))
+        with graph.graph.inserting_before(node):
+            y = _affine(graph, x, scale, shift, f"_batch_norm_{rewritten}", dict(node.meta))
+        node.replace_all_uses_with(y)
+        graph.graph.erase_node(node)
+        rewritten += 1
+    graph.recompile()
+    return rewritten
+
+
+def _affine(graph: Any, x: Any, scale: Any, shift: Any, name: str, meta: dict[str, Any]) -> Any:
+    """``x * scale + shift`` inserted at the graph's insertion point, the constants as buffers."""
+    aten = torch.ops.aten
+    y = x
+    for kind, tensor, op in zip(
+        ("scale", "shift"), (scale, shift), (aten.mul.Tensor, aten.add.Tensor), strict=True
+    ):
+        graph.register_buffer(f"{name}_{kind}", tensor)
+        constant = graph.graph.get_attr(f"{name}_{kind}")
+        constant.meta["val"] = tensor  # its rank and size, read by calibration.annotations
+        y = graph.graph.call_function(op, (y, constant))
+        y.meta = dict(meta)
+    return y
+
+
+def _norm_affine(graph: Any, norm: Any) -> tuple[Any, Any]:
+    """An inference BN's per-channel scale and shift."""
+    weight, bias, mean, var = (_constant(graph, n).detach() for n in norm.args[1:5])
+    scale = weight * torch.rsqrt(var + norm.args[7])
+    return scale, bias - mean * scale
+
+
 def _scattered_affine(graph: Any, norm: Any, index: Any, channels: int) -> tuple[Any, Any] | None:
     """An inference BN after ``x[:, index]`` as ``x * scale + shift`` on ``x`` itself (0 for
-    channels not kept); None when a repeated index carries other constants."""
-    weight, bias, mean, var = (_constant(graph, n).detach() for n in norm.args[1:5])
-    for tensor in (weight, bias, mean, var):
+    channels not kept, [1, C, 1, 1]); None when a repeated index carries other constants."""
+    for node in norm.args[1:5]:
+        tensor = _constant(graph, node).detach()
         full = torch.zeros(channels)
         full[index] = tensor  # a repeated index: any one write wins
         if not torch.equal(full[index], tensor):
             return None
-    scale = weight * torch.rsqrt(var + norm.args[7])
-    shift = bias - mean * scale
-    # [1, C, 1, 1]: calibration.annotations leaves a product with per-channel constants float,
-    # as the BN it replaces (an int8 copy of them would be per-tensor).
     return tuple(
-        torch.zeros(channels).index_copy_(0, index, t).reshape(1, channels, 1, 1) for t in (scale, shift)
+        torch.zeros(channels).index_copy_(0, index, t).reshape(1, channels, 1, 1)
+        for t in _norm_affine(graph, norm)
     )
 
 
@@ -376,6 +415,7 @@ __all__ = [
     "HardSigmoidDecomposed",
     "HardSwishDecomposed",
     "avg_pools_as_depthwise",
+    "batch_norms_as_affine",
     "gathers_into_convs",
     "int8_friendly",
     "int8_friendly_copy",

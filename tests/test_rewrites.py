@@ -514,3 +514,37 @@ def test_avg_pool_before_batch_norm_quantises() -> None:
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         prepared(x)
+
+
+class _PreActivation(nn.Module):
+    """A BN on a concatenation, and one on a conv whose output the concatenation also reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.side = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in (8, 16, 8))
+        self.conv = nn.Conv2d(8, 8, 1)
+        for norm in self.norms:
+            for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
+                tensor.data.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = torch.cat([x, self.norms[0](x)], 1)  # the stem conv is read twice: not PT2E's to fold
+        return self.norms[1](y).mean((2, 3)) + self.norms[2](self.conv(x)).mean((2, 3)).repeat(1, 2)
+
+
+def test_batch_norms_outside_a_conv_become_affine_exactly() -> None:
+    from exporters.rewrites import batch_norms_as_affine
+
+    net, x = _PreActivation(), torch.from_numpy(_calib()[:1])
+    graph = torch.export.export(net, (x,)).module()
+    assert batch_norms_as_affine(graph) == 2  # the conv -> BN pair read once stays for PT2E
+    norms = [n for n in graph.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert len(norms) == 1 and norms[0].args[0].target is torch.ops.aten.conv2d.default
+    with torch.no_grad():
+        ref, got = net(x), graph(x)
+    # x * s + t instead of (x - mean) / sqrt(var + eps) * w + b: float32 rounding only.
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
