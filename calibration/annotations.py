@@ -10,6 +10,7 @@ litert-torch's PT2E quantizer, as shipped, leaves three things float or badly ra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -107,6 +108,9 @@ def annotate_binary_ops(model: torch.fx.GraphModule, config: Any) -> int:
         if any(arg.meta["val"].dim() != node.meta["val"].dim() for arg in inputs):
             continue  # a broadcast constant of lower rank (e.g. an unfolded BN's [C, 1, 1]): its
             # quantised copy would not be NHWC-compatible in litert-torch's layout pass
+        if any(_per_channel_constant(model, arg) for arg in inputs):
+            continue  # e.g. a BN moved before a folded gather (exporters.rewrites): a per-tensor
+            # int8 copy of its per-channel constants would lose the small ones; float, as the BN
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map=inputs, output_qspec=config.output_activation, _annotated=True
         )
@@ -134,6 +138,13 @@ def annotate_gathers(model: torch.fx.GraphModule) -> int:
         )
         done += 1
     return done
+
+
+def _per_channel_constant(model: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """A constant of the graph (``get_attr``) with more than one value."""
+    if node.op != "get_attr":
+        return False
+    return functools.reduce(getattr, str(node.target).split("."), model).numel() > 1
 
 
 def _is_float(node: torch.fx.Node) -> bool:

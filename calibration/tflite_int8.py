@@ -123,7 +123,14 @@ def quantize_tflite(
     config = quantization_config(per_channel, symmetric_activations, method)
     # int8 fast path (exporters/rewrites.py): also quantise the residual adds/muls the stock annotators miss
     from calibration.annotations import fast_path_quantizer
-    from exporters.rewrites import avg_pools_as_depthwise, relus_through_concats, zero_padded_max_pools
+    from exporters.rewrites import (
+        GATHER_FOLD,
+        avg_pools_as_depthwise,
+        batch_norms_as_affine,
+        gathers_into_convs,
+        relus_through_concats,
+        zero_padded_max_pools,
+    )
 
     quantizer = fast_path_quantizer(config)
     try:
@@ -132,9 +139,11 @@ def quantize_tflite(
             litert_torch.config.show_progress = False
             graph, step = calibration_graph(module, nhwc)
             rewrites = {
+                GATHER_FOLD: gathers_into_convs(graph),
                 "relu(cat) -> cat(relu)": relus_through_concats(graph),
                 "max_pool2d(-inf pad) -> PAD(0) + max_pool2d": zero_padded_max_pools(graph),
                 "avg_pool2d -> depthwise conv2d (1/k^2)": avg_pools_as_depthwise(graph),
+                "batch_norm (no conv of its own) -> x * scale + shift": batch_norms_as_affine(graph),
             }
             prepared = prepare_pt2e(graph, quantizer)
             for observer in output_observers(prepared):

@@ -17,6 +17,7 @@ quantisers (``calibration.int8``); the float artifacts keep the original modules
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter
 from typing import Any
 
@@ -96,7 +97,7 @@ def int8_friendly_copy(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     return model, int8_friendly(model)
 
 
-# --- Exported graphs (litert-torch int8) ----------------------------------------------------------
+# --- Exported graphs (litert-torch int8; the gather fold for the fp32 file too) -----------------------
 
 NON_NEGATIVE = ("relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_")
 
@@ -188,7 +189,10 @@ def avg_pools_as_depthwise(graph: Any) -> int:
             continue
         channels = x.meta["val"].shape[1]
         name = f"_avg_pool_weight_{rewritten}"
-        graph.register_buffer(name, torch.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1])))
+        weight = torch.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+        # A parameter, like any conv weight: PT2E folds a following BatchNorm into it by reassigning
+        # the attribute as a parameter, which a buffer of the same name refuses.
+        graph.register_parameter(name, nn.Parameter(weight, requires_grad=False))
         with graph.graph.inserting_before(node):
             weight = graph.graph.get_attr(name)
             conv = graph.graph.call_function(
@@ -200,6 +204,188 @@ def avg_pools_as_depthwise(graph: Any) -> int:
         rewritten += 1
     graph.recompile()
     return rewritten
+
+
+# A folded gather may add at most this many multiply-adds per gathered value. CondenseNet at
+# 224 px (this Xeon with AMX, LiteRT + XNNPACK, 1 thread, interleaved with the gathered files):
+# limit 48 (growth <= 16, +113M MACs) fp32 0.91x, int8 0.85x; 96 (+267M) fp32 0.91x, int8 0.83x;
+# every layer (+750M) fp32 1.06x, int8 0.82x. 48: the fp32 gain for the fewest added MACs (a CPU
+# with slower int8 than AMX pays more for them).
+GATHER_FOLD_MACS = 48
+GATHER_FOLD = "conv(relu(bn(x[:, index]))) -> dense conv(relu(bn(x)))"
+
+
+def gathers_into_convs(graph: Any, max_macs_per_value: float = GATHER_FOLD_MACS) -> int:
+    """Fold, in place, a constant channel gather ``x[:, index]`` (``index_select``) into the
+    convolution it feeds, through an inference BatchNorm and a ReLU between them (CondenseNet's
+    condensed 1x1 layers), where that costs at most ``max_macs_per_value`` multiply-adds per
+    gathered value. Returns how many gathers were folded.
+
+    XNNPACK has no gather: each is a GATHER_ND on a plain LiteRT kernel between two delegate
+    partitions, with a TRANSPOSE to NCHW and back around it. BN and ReLU act per channel, so when
+    every repeated index carries the same BN constants (CondenseNet's conversion copies them from
+    the source channel; edgekit's BN re-estimation measures them on identical values) they
+    commute with the gather, and the gather goes into the weights::
+
+        conv(relu(bn(x[:, index])))  ==  conv'(relu(bn'(x)))
+
+    bn' is ``x * scale + shift`` with each kept channel's constants (0 for the others, whose
+    output is then 0) and conv' a dense conv over all input channels: zero columns for channels
+    no group keeps, each group's columns at their source channels, summed where an index
+    repeats. Exact up to float rounding. Its price is the condensation itself: groups that keep
+    overlapping channels only fold into the dense layer (groups x the multiply-adds); a 0/1
+    selection conv in front of the grouped one costs C_in per gathered value, and tiling the
+    input once per group (so each group keeps its own BN) costs the dense form plus the copies
+    (measured on CondenseNet at 224 px: 2.4x and 1.8x the fp32 time), so the dense form is the
+    cheapest exact one.
+    """
+    aten = torch.ops.aten
+    folded = 0
+    for node in list(graph.graph.nodes):
+        chain = _gather_chain(node)
+        if chain is None:
+            continue
+        gather, norm, relu, conv = chain
+        x, index = gather.args[0], _constant(graph, gather.args[2])
+        weight = _constant(graph, conv.args[1])
+        groups = conv.args[6] if len(conv.args) > 6 else 1
+        out, per_group, kh, kw = weight.shape
+        channels = x.meta["val"].shape[1]
+        if out * kh * kw * (channels - per_group) > max_macs_per_value * len(index):
+            continue
+        affine = _scattered_affine(graph, norm, index, channels) if norm is not None else None
+        if norm is not None and affine is None:
+            continue  # a repeated index with other BN constants: only a per-group copy is exact
+        dense = torch.zeros(out, channels, kh, kw)
+        rows = out // groups
+        for g in range(groups):
+            kept = index[g * per_group : (g + 1) * per_group]
+            dense[g * rows : (g + 1) * rows].index_add_(1, kept, weight[g * rows : (g + 1) * rows].detach())
+        name = f"_gather_fold_{folded}"
+        graph.register_parameter(f"{name}_weight", nn.Parameter(dense, requires_grad=False))  # as any conv's
+        with graph.graph.inserting_before(conv):
+            y = x
+            if affine is not None:  # (see batch_norms_as_affine: why not a BatchNorm)
+                y = _affine(graph, y, *affine, name, {**norm.meta, "val": x.meta["val"]})
+            if relu is not None:
+                y = graph.graph.call_function(aten.relu.default, (y,))
+                y.meta = {**relu.meta, "val": x.meta["val"]}
+            given = list(conv.args[2:6])  # bias, stride, padding, dilation
+            rest = given + [None, [1, 1], [0, 0], [1, 1]][len(given) :]
+            new = graph.graph.call_function(
+                aten.conv2d.default, (y, graph.graph.get_attr(f"{name}_weight"), *rest, 1)
+            )
+        new.meta = dict(conv.meta)
+        conv.replace_all_uses_with(new)
+        for old in (conv, relu, norm, gather):
+            if old is not None:
+                graph.graph.erase_node(old)
+        folded += 1
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return folded
+
+
+def _gather_chain(node: Any) -> tuple[Any, Any, Any, Any] | None:
+    """(gather, BN or None, ReLU or None, conv) when ``node`` is a constant channel gather of a
+    feature map that reaches a conv's input through at most an inference BN and a ReLU, in that
+    order, each used once."""
+    aten = torch.ops.aten
+    if node.op != "call_function" or node.target is not aten.index_select.default:
+        return None
+    x, dim, index = node.args
+    if dim != 1 or x.meta["val"].dim() != 4 or index.op != "get_attr":
+        return None
+    norm = relu = None
+    current = node
+    while len(current.users) == 1:
+        user = next(iter(current.users))
+        if user.target is aten.batch_norm.default and norm is None and relu is None and _inference_norm(user):
+            norm = current = user
+        elif _is_relu(user) and relu is None:
+            relu = current = user
+        elif user.target is aten.conv2d.default and user.args[0] is current and user.args[1].op == "get_attr":
+            return node, norm, relu, user
+        else:
+            return None
+    return None
+
+
+def _inference_norm(node: Any) -> bool:
+    """A BN with constant weight, bias and running statistics, not normalising with batch ones."""
+    constants = node.args[1:5]
+    return not node.args[5] and all(getattr(c, "op", None) == "get_attr" for c in constants)
+
+
+def batch_norms_as_affine(graph: Any) -> int:
+    """Rewrite, in place, every inference BatchNorm of a feature map that PT2E does not fold into
+    a conv (its input is not a conv, or a conv read elsewhere too) into ``x * scale + shift``
+    with [1, C, 1, 1] constants: the same arithmetic up to float rounding. Returns how many.
+
+    Such a BN runs in float in the int8 file either way (DEQUANTIZE, SUB, MUL, QUANTIZE;
+    ``calibration.annotations`` leaves the product float too). As a BatchNorm it also costs
+    PT2E's convert ~50 s, which exports 96 conv-BN patterns to look for training-time folds
+    whenever one is left (CondenseNet's pre-activation BNs), and PT2E folds a BN into the conv
+    before it even when that conv's output is read elsewhere too, which changes what the other
+    reader gets."""
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.target is not aten.batch_norm.default or not _inference_norm(node):
+            continue
+        x = node.args[0]
+        if x.meta["val"].dim() != 4 or (x.target is aten.conv2d.default and len(x.users) == 1):
+            continue
+        scale, shift = (t.reshape(1, -1, 1, 1) for t in _norm_affine(graph, node))
+        with graph.graph.inserting_before(node):
+            y = _affine(graph, x, scale, shift, f"_batch_norm_{rewritten}", dict(node.meta))
+        node.replace_all_uses_with(y)
+        graph.graph.erase_node(node)
+        rewritten += 1
+    graph.recompile()
+    return rewritten
+
+
+def _affine(graph: Any, x: Any, scale: Any, shift: Any, name: str, meta: dict[str, Any]) -> Any:
+    """``x * scale + shift`` inserted at the graph's insertion point, the constants as buffers."""
+    aten = torch.ops.aten
+    y = x
+    for kind, tensor, op in zip(
+        ("scale", "shift"), (scale, shift), (aten.mul.Tensor, aten.add.Tensor), strict=True
+    ):
+        graph.register_buffer(f"{name}_{kind}", tensor)
+        constant = graph.graph.get_attr(f"{name}_{kind}")
+        constant.meta["val"] = tensor  # its rank and size, read by calibration.annotations
+        y = graph.graph.call_function(op, (y, constant))
+        y.meta = dict(meta)
+    return y
+
+
+def _norm_affine(graph: Any, norm: Any) -> tuple[Any, Any]:
+    """An inference BN's per-channel scale and shift."""
+    weight, bias, mean, var = (_constant(graph, n).detach() for n in norm.args[1:5])
+    scale = weight * torch.rsqrt(var + norm.args[7])
+    return scale, bias - mean * scale
+
+
+def _scattered_affine(graph: Any, norm: Any, index: Any, channels: int) -> tuple[Any, Any] | None:
+    """An inference BN after ``x[:, index]`` as ``x * scale + shift`` on ``x`` itself (0 for
+    channels not kept, [1, C, 1, 1]); None when a repeated index carries other constants."""
+    for node in norm.args[1:5]:
+        tensor = _constant(graph, node).detach()
+        full = torch.zeros(channels)
+        full[index] = tensor  # a repeated index: any one write wins
+        if not torch.equal(full[index], tensor):
+            return None
+    return tuple(
+        torch.zeros(channels).index_copy_(0, index, t).reshape(1, channels, 1, 1)
+        for t in _norm_affine(graph, norm)
+    )
+
+
+def _constant(graph: Any, node: Any) -> Any:
+    """The tensor a ``get_attr`` node names (a dotted path into the exported module)."""
+    return functools.reduce(getattr, node.target.split("."), graph)
 
 
 def _is_relu(node: Any) -> bool:
@@ -224,9 +410,13 @@ def _non_negative(node: Any) -> bool:
 
 
 __all__ = [
+    "GATHER_FOLD",
+    "GATHER_FOLD_MACS",
     "HardSigmoidDecomposed",
     "HardSwishDecomposed",
     "avg_pools_as_depthwise",
+    "batch_norms_as_affine",
+    "gathers_into_convs",
     "int8_friendly",
     "int8_friendly_copy",
     "relus_through_concats",

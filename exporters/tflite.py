@@ -38,12 +38,25 @@ def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
 
             litert_torch.config.show_progress = False
             wrapped = litert_torch.to_channel_last_io(module, args=[0]).eval()
+            wrapped, rewrites = _folded_gathers(wrapped, sample)
             litert_torch.convert(wrapped, (sample,)).export(str(out_path))
         except Exception as exc:  # any converter failure becomes one ExportError naming the op
             error = exc
     if error is not None:
         raise conversion_error("tflite", error, log[0]) from error
-    return {"converter": "litert-torch", **describe(out_path)}
+    return {"converter": "litert-torch", "rewrites": rewrites, **describe(out_path)}
+
+
+def _folded_gathers(module: Any, sample: Any) -> tuple[Any, dict[str, int]]:
+    """The exported graph with its channel gathers folded into convolutions (XNNPACK has no
+    gather; exporters/rewrites.py), or ``module`` itself when there is none to fold."""
+    import torch
+
+    from exporters.rewrites import GATHER_FOLD, gathers_into_convs
+
+    graph = torch.export.export(module, (sample,)).module()
+    folded = gathers_into_convs(graph)
+    return (graph, {GATHER_FOLD: folded}) if folded else (module, {})
 
 
 def export_fp16(fp32_path: Path, out_path: Path) -> dict[str, Any]:

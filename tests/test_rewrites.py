@@ -402,3 +402,149 @@ def test_tflite_int8_shuffle_unit_is_delegated_whole(tmp_path: Path) -> None:
         ref = net(torch.from_numpy(calib)).numpy()
     out = run_file(tmp_path / "unit.tflite", calib, "NHWC", "litert")
     assert cosine(ref, out).min() > 0.99  # 8-bit activations on 8 of the calibration inputs themselves
+
+
+class _Condensed(nn.Module):
+    """A stem and two CondenseNet layers (gather -> BN -> ReLU -> grouped 1x1 -> shuffle -> ...):
+    growth 4 folds for 3 x 4 = 12 multiply-adds per gathered value, growth 32 would cost 96.
+
+    Each gathered BN takes its constants from the source channel, as CondenseNet's conversion
+    writes them; ``skew`` gives one repeated index of the first layer other constants."""
+
+    def __init__(self, skew: bool = False) -> None:
+        from edgekit.zoo.condensenet import DenseLayer
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.layers = nn.Sequential(DenseLayer(16, 4, 4, seed=1), DenseLayer(20, 32, 4, seed=2))
+        for layer in self.layers:
+            norm, index = layer.conv1.norm, layer.conv1.index
+            source = torch.rand(4, int(index.max()) + 1) + torch.tensor([[0.5], [-0.5], [-0.5], [0.5]])
+            for tensor, values in zip(
+                (norm.weight, norm.bias, norm.running_mean, norm.running_var), source, strict=True
+            ):
+                tensor.data.copy_(values[index])
+        if skew:
+            first = self.layers[0].conv1
+            repeated = next(j for j, c in enumerate(first.index.tolist()) if c in first.index[:j])
+            first.norm.bias.data[repeated] += 0.25
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x)).mean((2, 3))
+
+
+def _gathers(graph: torch.fx.GraphModule) -> int:
+    return sum(n.target is torch.ops.aten.index_select.default for n in graph.graph.nodes)
+
+
+def test_gather_folds_into_the_next_conv_exactly() -> None:
+    from exporters.rewrites import gathers_into_convs
+
+    x = torch.from_numpy(_calib())
+    for limit, folded in ((48, 1), (float("inf"), 2)):  # the default keeps the growth-32 layer
+        net = _Condensed()
+        graph = torch.export.export(net, (x[:1],)).module()
+        assert gathers_into_convs(graph, max_macs_per_value=limit) == folded
+        assert _gathers(graph) == 2 - folded
+        with torch.no_grad():
+            ref, got = net(x), torch.cat([graph(x[i : i + 1]) for i in range(len(x))])
+        # The BN as x * s + t instead of (x - mean) / std * w + b, the 1x1 sums in another order
+        # and over zero columns: float32 rounding only (the output is ~1, fp32 eps 1.2e-7).
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_gather_with_differing_bn_constants_is_kept() -> None:
+    """Two copies of a channel with other BN constants: the BN cannot move before the gather."""
+    from exporters.rewrites import gathers_into_convs
+
+    x = torch.from_numpy(_calib())
+    graph = torch.export.export(_Condensed(skew=True), (x[:1],)).module()
+    assert gathers_into_convs(graph, max_macs_per_value=float("inf")) == 1  # the second layer only
+
+
+def test_tflite_files_of_a_condensed_conv_have_no_gather(tmp_path: Path) -> None:
+    """fp32 and int8 TFLite: GATHER_ND (not in XNNPACK) gone, every op delegated, same outputs."""
+    from calibration import tflite_int8
+    from edgekit.verify import cosine
+    from edgekit.zoo.condensenet import CondenseConv
+    from exporters import tflite
+    from exporters.rewrites import GATHER_FOLD
+    from runtimes import run_file
+
+    # No BN left after the fold: a BN outside a conv costs PT2E's convert ~50 s of pattern exports.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        CondenseConv(16, 16, 4, 4, seed=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    calib = _calib()
+    fp32 = tflite.export(net, torch.from_numpy(calib[:1]), tmp_path / "fp32.tflite")
+    int8 = tflite_int8.quantize_tflite(net, tmp_path / "int8.tflite", calib, method="minmax")
+    assert fp32["rewrites"] == {GATHER_FOLD: 1} and int8["rewrites"] == {GATHER_FOLD: 1}
+    with torch.no_grad():
+        ref = net(torch.from_numpy(calib)).numpy()
+    for name in ("fp32", "int8"):
+        ops = _litert_ops(tmp_path / f"{name}.tflite")
+        assert "GATHER_ND" not in [op["op_name"] for op in ops]
+        assert [op["op_name"] for op in ops if not op["delegated"]] == []
+    out = run_file(tmp_path / "fp32.tflite", calib, "NHWC", "litert")
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())  # float rounding
+    out = run_file(tmp_path / "int8.tflite", calib, "NHWC", "litert")
+    assert cosine(ref, out).min() > 0.99  # 8-bit activations on the calibration inputs themselves
+
+
+def test_avg_pool_before_batch_norm_quantises() -> None:
+    """PT2E folds a BN into the depthwise conv that replaced the pool, reassigning its weight as a
+    parameter: the rewrite's weight was a buffer of that name, and prepare failed (KeyError)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from calibration.annotations import fast_path_quantizer
+    from calibration.tflite_int8 import quantization_config
+    from exporters.rewrites import avg_pools_as_depthwise
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    x = torch.from_numpy(_calib()[:1])
+    graph = torch.export.export(net.eval(), (x,)).module()
+    assert avg_pools_as_depthwise(graph) == 1
+    quantizer = fast_path_quantizer(quantization_config(True, False, "minmax"))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        prepared(x)
+
+
+class _PreActivation(nn.Module):
+    """A BN on a concatenation, and one on a conv whose output the concatenation also reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.side = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in (8, 16, 8))
+        self.conv = nn.Conv2d(8, 8, 1)
+        for norm in self.norms:
+            for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
+                tensor.data.uniform_(0.5, 1.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = torch.cat([x, self.norms[0](x)], 1)  # the stem conv is read twice: not PT2E's to fold
+        return self.norms[1](y).mean((2, 3)) + self.norms[2](self.conv(x)).mean((2, 3)).repeat(1, 2)
+
+
+def test_batch_norms_outside_a_conv_become_affine_exactly() -> None:
+    from exporters.rewrites import batch_norms_as_affine
+
+    net, x = _PreActivation(), torch.from_numpy(_calib()[:1])
+    graph = torch.export.export(net, (x,)).module()
+    assert batch_norms_as_affine(graph) == 2  # the conv -> BN pair read once stays for PT2E
+    norms = [n for n in graph.graph.nodes if n.target is torch.ops.aten.batch_norm.default]
+    assert len(norms) == 1 and norms[0].args[0].target is torch.ops.aten.conv2d.default
+    with torch.no_grad():
+        ref, got = net(x), graph(x)
+    # x * s + t instead of (x - mean) / sqrt(var + eps) * w + b: float32 rounding only.
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
