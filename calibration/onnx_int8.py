@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,9 @@ def preprocess_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
-    """A session that returns every float tensor of the graph (the tensors ORT may quantise).
+def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str]]:
+    """A session that returns every float tensor of the graph (the tensors ORT may quantise), its
+    input name and the tensor names; the batch dimension symbolic, so a call may take many images.
 
     Calibration is not timing: it uses the threads torch may use (every core, or this lane's).
     """
@@ -115,14 +117,38 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str], bool]:
                 if out not in existing:
                     info = onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
                     model.graph.output.append(info)
+    _symbolic_batch(model)
     options = ort.SessionOptions()
     options.log_severity_level = ort_log_level()
     options.intra_op_num_threads = torch.get_num_threads()  # this process's share (edgekit.lanes)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    static_batch = isinstance(inp.shape[0], int)
-    return session, inp.name, names, static_batch
+    return session, model.graph.input[0].name, names
+
+
+def _symbolic_batch(model: Any) -> None:
+    """The probe graph with its batch dimension symbolic: the input's and outputs', and a Reshape
+    target that spells out a batch of 1 takes the input's batch instead (-1, or ONNX's 0 = copy
+    the input's dimension when the target has a -1 already). A Reshape whose leading 1 is no
+    batch mixes the images of a call: :func:`_batches_images` catches that."""
+    from onnx import numpy_helper
+
+    del model.graph.value_info[:]  # the batch-1 shapes ORT would otherwise check a batch against
+    for vi in [model.graph.input[0], *model.graph.output]:
+        if vi.type.tensor_type.shape.dim:
+            vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in inits:
+            continue
+        shape = numpy_helper.to_array(inits[node.input[1]]).copy()
+        if shape.ndim != 1 or not shape.size or shape[0] != 1 or 0 in shape:
+            continue
+        shape[0] = 0 if -1 in shape else -1
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+        for attr in node.attribute:
+            if attr.name == "allowzero":
+                attr.i = 0  # the 0 copies a dimension (the target has no other 0)
 
 
 def activation_ranges(
@@ -134,20 +160,46 @@ def activation_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Per-tensor [lo, hi] of the graph input and every float node output over ``tensors`` (NCHW).
 
-    One ONNX Runtime pass; the graph outputs keep their maximum (see :func:`collect_ranges`).
+    One ONNX Runtime pass, ``batch`` images a call when the graph computes each image of a batch
+    as it computes it alone (else one a call); the graph outputs keep their maximum (see
+    :func:`collect_ranges`).
     """
     import onnx
 
-    session, input_name, names, static_batch = _tensor_probe(model_path)
+    session, input_name, names = _tensor_probe(model_path)
     outputs = [o.name for o in onnx.load(str(model_path), load_external_data=False).graph.output]
-    step = 1 if static_batch else batch
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
         outs = session.run(names, {input_name: x})
         return {input_name: x, **dict(zip(names, outs, strict=True))}
 
+    step = batch if _batches_images(run, tensors[:2]) else 1
     batches = (tensors[i : i + step] for i in range(0, len(tensors), step))
     return collect_ranges(run, batches, method, symmetric, outputs)
+
+
+def _batches_images(run: Callable[[np.ndarray], dict[str, np.ndarray]], pair: np.ndarray) -> bool:
+    """Whether every tensor of a two-image call is the two one-image calls' tensors stacked (a
+    reshape that spells out a batch of 1 fails or mixes the images: then one image a call)."""
+    if len(pair) < 2:
+        return False
+    try:
+        both = run(pair)
+    except Exception:  # ORT's shape errors for a batch the graph cannot take vary by op
+        return False
+    alone = [run(pair[i : i + 1]) for i in range(2)]
+    for name, value in both.items():
+        single = [a[name] for a in alone]
+        if value.shape == single[0].shape:  # a batch-independent tensor (a constant)
+            stacked = single[0]
+        elif single[0].shape[:1] == (1,) and value.shape == (2, *single[0].shape[1:]):
+            stacked = np.concatenate(single)
+        else:
+            return False
+        # MLAS may block a batch differently: float32 rounding, never another image's values
+        if not np.allclose(value, stacked, rtol=1e-3, atol=1e-4 * float(np.abs(stacked).max(initial=0.0))):
+            return False
+    return True
 
 
 def write_calibration_cache(ranges: dict[str, tuple[float, float]], path: Path) -> Path:

@@ -14,6 +14,7 @@ photographs as calibration data it is the estimator least thrown by out-of-domai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -146,12 +147,16 @@ class StreamingHistogram:
         self.max = -np.inf
 
     def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float32).ravel()
-        if not np.isfinite(values).all():
-            values = values[np.isfinite(values)]
+        # Memory order: a channel-last tensor (PT2E's observed graph) is read in place, not copied.
+        values = np.asarray(values, dtype=np.float32).ravel(order="K")
         if values.size == 0:
             return
         lo, hi = float(values.min()), float(values.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN or inf: only the finite values count
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                return
+            lo, hi = float(values.min()), float(values.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         values = _subsample(values)
         if self.width == 0.0:

@@ -59,6 +59,7 @@ class Format:
     engines: tuple[str, ...]
     requires: tuple[str, ...] = ()  # import names the writer needs (checked before any work)
     source: str | None = None  # the format whose file this one is made from
+    baseline: str | None = None  # the float format written beside it, compared with (not read)
     grid: str | None = None  # int8: "module:function" (per_channel) -> its WeightGrid
     dynamic_batch: bool = False  # can take a symbolic batch dimension (--dynamic-batch)
     companions: tuple[str, ...] = ()  # files written beside ``filename`` (ncnn's .bin), hashed too
@@ -201,9 +202,9 @@ _BUILTIN = (
         "calibration.tflite_int8:write",
         ("litert",),
         ("litert_torch", "ai_edge_litert"),
-        source="tflite-fp32",
+        baseline="tflite-fp32",  # quantised from the network (PT2E), not from the float file
         grid="calibration.tflite_int8:weight_grid",
-        lane="litert",
+        lane="litert-int8",
     ),
     Format(
         "executorch-int8",
@@ -289,7 +290,7 @@ def resolve(wanted: list[str] | None, int8: bool) -> list[Format]:
 
 def _with_sources(chosen: list[Format], formats: dict[str, Format]) -> list[Format]:
     names = {f.name for f in chosen}
-    needed = {f.source for f in chosen if f.source and f.source not in names}
+    needed = {n for f in chosen for n in (f.source, f.baseline) if n and n not in names}
     return [f for f in formats.values() if f.name in names | needed]
 
 

@@ -76,19 +76,26 @@ def test_a_new_format_goes_through_every_step(copy_format, tmp_path: Path) -> No
 
 
 def test_lanes_split_the_formats_across_processes() -> None:
-    """TFLite files in a second process, sources in their reader's lane, at most ``jobs`` lanes."""
+    """Lanes with an int8 file get a process first, sources in their reader's lane, at most
+    ``jobs`` lanes."""
     from edgekit.lanes import plan
 
-    chosen = formats.resolve(["onnx", "tflite", "executorch", "ncnn"], int8=True)
-
-    def names(jobs: int) -> list[list[str]]:
+    def names(chosen: list[formats.Format], jobs: int) -> list[list[str]]:
         return [[f.name for f in lane.formats] for lane in plan(chosen, jobs)]
 
-    assert names(1) == [[f.name for f in chosen]]
-    main, litert = names(2)
-    assert litert == ["tflite-fp32", "tflite-fp16", "tflite-int8"]
-    assert main[0] == "torch" and "ncnn-fp32" in main and "executorch-fp32" in main  # ncnn reads model.onnx
-    assert names(3)[2] == ["executorch-fp32", "executorch-int8"]
+    default = formats.resolve(["onnx", "tflite"], int8=True)
+    assert names(default, 1) == [[f.name for f in default]]
+    # Two cores: the TFLite int8 file (a calibration + litert-torch) beside all the others.
+    assert names(default, 2) == [
+        ["torch", "onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8"],
+        ["tflite-int8"],
+    ]
+    assert names(default, 3)[1:] == [["tflite-fp32", "tflite-fp16"], ["tflite-int8"]]
+    chosen = formats.resolve(["onnx", "tflite", "executorch", "ncnn"], int8=True)
+    main, executorch = names(chosen, 2)
+    assert executorch == ["executorch-fp32", "executorch-int8"]
+    assert main[0] == "torch" and "ncnn-fp32" in main and "tflite-int8" in main  # ncnn reads model.onnx
+    assert names(chosen, 4)[1:] == [["tflite-fp32", "tflite-fp16"], executorch, ["tflite-int8"]]
     # A format of another lane that reads a main-lane file is written in the main lane.
     reader = dataclasses.replace(formats.get("tflite-fp16"), name="x", source="onnx-fp32")
     assert [f.name for f in plan([formats.get("onnx-fp32"), reader], 2)[0].formats] == ["onnx-fp32", "x"]

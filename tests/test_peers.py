@@ -77,3 +77,16 @@ def test_ort_peer_is_the_default_recipe(tiny_int8: Path, tmp_path: Path) -> None
 def test_a_folder_without_int8_files_says_so(small_artifact: Path) -> None:
     with pytest.raises(UsageError, match="no int8 files"):
         peers.compare(small_artifact)
+
+
+def test_zoo_bench_times_int8_against_float_interleaved(tiny_int8: Path) -> None:
+    """`make bench`'s int8/fp32 per engine from one interleaved run, and its README section."""
+    from edgekit.studies.benchzoo import _interleaved_lines, interleaved_ratios
+
+    rows = interleaved_ratios(tiny_int8)
+    assert [r["runtime"] for r in rows] == ["onnxruntime", "litert"]
+    for r in rows:
+        assert r["fp32_p50_ms"] > 0 and r["int8_p50_ms"] > 0 and r["threads"] == 1
+        assert r["ratio"] == pytest.approx(r["int8_p50_ms"] / r["fp32_p50_ms"], abs=1e-3)
+    text = "\n".join(_interleaved_lines([{"model": "tiny", **r} for r in rows]))
+    assert "| tiny | litert |" in text and f"{peers.ROUNDS} rounds of {peers.RUNS_PER_ROUND} invokes" in text

@@ -13,6 +13,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit import bench
 from edgekit.errors import EdgekitError
 from edgekit.manifest import write_json, write_text
@@ -34,16 +36,25 @@ def run(
 
     With ``workers``/``ray_address`` the exports run in parallel on Ray and each model's timed runs
     follow on the node that exported it, one model at a time per node (edgekit.scale.run_timed)."""
+    from edgekit.lanes import default_jobs
     from edgekit.zoo import list_models
 
     out = Path(out)
     names = models or list_models()
+    local = workers is None and ray_address is None
     items = [
-        {"name": n, "folder": out / "artifacts" / n, "resolution": resolution, "calib_samples": calib_samples}
+        {
+            "name": n,
+            "folder": out / "artifacts" / n,
+            "resolution": resolution,
+            "calib_samples": calib_samples,
+            # lanes fork: only in this process (a Ray worker's own threads may hold locks)
+            "jobs": default_jobs() if local else 1,
+        }
         for n in names
     ]
     timing = functools.partial(bench_model, threads=threads or [1, 2], min_time=min_time)
-    if workers is None and ray_address is None:
+    if local:
         scheduling = "one model after the other in this process"
         outcomes = []
         for item in items:
@@ -62,7 +73,9 @@ def run(
     return _write(out, *_gather(outcomes), scheduling)
 
 
-def export_model(name: str, folder: Path, resolution: int | None, calib_samples: int) -> dict[str, Any]:
+def export_model(
+    name: str, folder: Path, resolution: int | None, calib_samples: int, jobs: int = 1
+) -> dict[str, Any]:
     """Export one zoo model (float32 and int8 ONNX/TFLite): {"name", "folder"} or {"name", "error"}."""
     from edgekit import pipeline
 
@@ -76,6 +89,7 @@ def export_model(name: str, folder: Path, resolution: int | None, calib_samples:
             int8=True,
             resolution=resolution,
             calib_samples=calib_samples,
+            jobs=jobs,
         )
     except Exception as exc:  # a bug in one model's export must not end an hours-long zoo run
         return {"name": name, "error": str(exc) if isinstance(exc, EdgekitError) else _bug(exc)}
@@ -88,18 +102,52 @@ def bench_model(prepared: dict[str, Any], threads: list[int], min_time: float) -
         return prepared
     try:
         result = bench.bench(prepared["folder"], formats=list(BENCHED), threads=threads, min_time=min_time)
+        paired = interleaved_ratios(Path(prepared["folder"]))
     except Exception as exc:
         return {**prepared, "error": str(exc) if isinstance(exc, EdgekitError) else _bug(exc)}
-    return {**prepared, "result": result.to_dict(raw=False)}
+    return {**prepared, "result": result.to_dict(raw=False), "interleaved": paired}
+
+
+def interleaved_ratios(folder: Path, threads: int = 1) -> list[dict[str, Any]]:
+    """int8 p50 over float32 p50 per engine, both files timed in one interleaved run
+    (:func:`edgekit.peers.interleaved`): a busy host slows both alike, unlike the table's runs."""
+    import os
+
+    from edgekit import formats
+    from edgekit.manifest import read_manifest
+    from edgekit.peers import ROUNDS, RUNS_PER_ROUND, interleaved
+
+    files = read_manifest(folder).files
+    rows = []
+    for family in BENCHED:
+        pair = {p: f"{family}-{p}" for p in ("fp32", "int8")}
+        if not all(name in files for name in pair.values()):
+            continue
+        runtime = formats.get(pair["int8"]).engine
+        load = os.getloadavg()[0]
+        times = interleaved({p: folder / files[name].path for p, name in pair.items()}, runtime, threads)
+        p50 = {p: float(np.median(t)) for p, t in times.items()}
+        rows.append(
+            {
+                "runtime": runtime,
+                "threads": threads,
+                "fp32_p50_ms": round(p50["fp32"], 4),
+                "int8_p50_ms": round(p50["int8"], 4),
+                "ratio": round(p50["int8"] / p50["fp32"], 3),
+                "load_avg": round(load, 2),
+                "measured": f"{ROUNDS} rounds of {RUNS_PER_ROUND} invokes per file, order alternating",
+            }
+        )
+    return rows
 
 
 def _bug(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _gather(outcomes: list[dict[str, Any]]) -> tuple[Any, list, list, list]:
-    """(machine, rows, int8-vs-fp32 rows, failures) of the models done so far."""
-    rows, compare, failed, machine = [], [], [], None
+def _gather(outcomes: list[dict[str, Any]]) -> tuple[Any, list, list, list, list]:
+    """(machine, rows, int8-vs-fp32 rows, interleaved int8/fp32 rows, failures) of the models done so far."""
+    rows, compare, paired, failed, machine = [], [], [], [], None
     for outcome in outcomes:
         name = outcome["name"]
         if "error" in outcome:
@@ -108,18 +156,20 @@ def _gather(outcomes: list[dict[str, Any]]) -> tuple[Any, list, list, list]:
         result = outcome["result"]
         machine = result["machine"]
         compare += [{"model": name, **c} for c in result.get("int8_vs_fp32", [])]
+        paired += [{"model": name, **c} for c in outcome.get("interleaved", [])]
         rows += [{"model": name, **r} for r in result["results"]]
-    return machine, rows, compare, failed
+    return machine, rows, compare, paired, failed
 
 
 def _write(
-    out: Path, machine: Any, rows: list, compare: list, failed: list, scheduling: str
+    out: Path, machine: Any, rows: list, compare: list, paired: list, failed: list, scheduling: str
 ) -> dict[str, Any]:
     summary = {
         "machine": machine,
         "method": {**bench.method(), "scheduling": scheduling},
         "results": rows,
         "int8_vs_fp32": compare,
+        "int8_vs_fp32_interleaved": paired,
         "failed": failed,
     }
     write_json(out / "results.json", summary)
@@ -162,6 +212,7 @@ def readme(summary: dict[str, Any]) -> str:
         ratio = f"{int8['p50_ms'] / fp32['p50_ms']:.2f}" if fp32 and int8 else ""
         lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
     lines += _int8_lines(summary.get("int8_vs_fp32") or [])
+    lines += _interleaved_lines(summary.get("int8_vs_fp32_interleaved") or [])
     lines += ["", "Measured (per runtime and threads; runs and warm-up ranges over its rows):", ""]
     lines += [f"- {n}" for n in _measured(summary["results"])]
     lines += ["", "Method: " + "; ".join(f"{k}: {v}" for k, v in summary["method"].items()) + "."]
@@ -198,6 +249,28 @@ def _int8_lines(compare: list[dict[str, Any]]) -> list[str]:
         f"- {c['model']} / {c['runtime']} / {c['threads']} thread(s): int8 {c['int8_p50_ms']:.3f} ms vs "
         f"float32 {c['fp32_p50_ms']:.3f} ms (x{c['ratio']:.2f}): {c['why']}"
         for c in slower
+    ]
+    return lines
+
+
+def _interleaved_lines(paired: list[dict[str, Any]]) -> list[str]:
+    """int8/fp32 from one interleaved run per model and engine: the figure to compare on a busy host."""
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## int8/fp32, interleaved",
+        "",
+        "Both files of an engine timed in one run, alternating (" + paired[0]["measured"] + "), "
+        f"{paired[0]['threads']} thread, batch 1; the 1-minute load average before each pair.",
+        "",
+        "| model | runtime | fp32 p50 | int8 p50 | int8/fp32 | load |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {c['model']} | {c['runtime']} | {c['fp32_p50_ms']:.3f} | {c['int8_p50_ms']:.3f} | "
+        f"{c['ratio']:.2f} | {c['load_avg']:.2f} |"
+        for c in paired
     ]
     return lines
 
