@@ -1,14 +1,14 @@
 """Lanes: the formats of one export split into groups written side by side, one process each.
 
 The converters are single-threaded Python: litert-torch traces, decomposes and lowers the graph
-for 15-40 s a file, ExecuTorch's lowering likewise. On a machine with two cores the TFLite files
-are therefore written in a forked process while the main one writes the others, each lane with
-its own int8 calibration (same tensors, same remedies: one thread, so the same bytes as a serial
-export). A format names its lane in the registry; a lane whose formats read a file of another
-lane joins that lane. ``jobs`` bounds the processes: the lanes that write an int8 file (a
-calibration and an int8 conversion, the longest) keep their process first, the others join the
-main lane. So on two cores the TFLite int8 file (its calibration and litert-torch, ~45 s for
-MobileNetV3 at 224 px) is written beside every other file.
+for 15-40 s a file, ExecuTorch's lowering likewise. So the lanes other than the main one are
+written in forked processes, each lane with its own int8 calibration (same tensors, same
+remedies: one thread, so the same bytes as a serial export). A format names its lane in the
+registry; a lane whose formats read a file of another lane joins that lane. ``jobs`` bounds the
+processes: the lanes that write an int8 file (a calibration and an int8 conversion, the longest)
+keep their process first, the others join the main lane. So on two cores the TFLite int8 file
+(its calibration and litert-torch, ~50 s for MobileNetV3 at 224 px) is written beside every
+other file.
 """
 
 from __future__ import annotations
