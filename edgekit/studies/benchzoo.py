@@ -51,17 +51,16 @@ def run(
             "folder": out / "artifacts" / n,
             "resolution": resolution,
             "calib_samples": calib_samples,
-            # lanes fork: only in this process (a Ray worker's own threads may hold locks)
-            "jobs": default_jobs() if local else 1,
+            "jobs": default_jobs() if local else 1,  # lanes fork: never inside a Ray worker
         }
         for n in names
     ]
     timing = functools.partial(bench_model, threads=threads or [1, 2], min_time=min_time)
     if local:
-        scheduling = "one model after the other in this process"
+        scheduling = "one model after the other: its export in a fresh process (lanes side by side), its timed runs in this one"
         outcomes = []
         for item in items:
-            outcomes.append(timing(export_model(**item)))
+            outcomes.append(timing(_in_fresh_process(export_model, **item)))
             _write(out, *_gather(outcomes), scheduling)  # after every model: a long run is readable midway
         return _write(out, *_gather(outcomes), scheduling)
     from edgekit import scale
@@ -97,6 +96,17 @@ def export_model(
     except Exception as exc:  # a bug in one model's export must not end an hours-long zoo run
         return {"name": name, "error": str(exc) if isinstance(exc, EdgekitError) else _bug(exc)}
     return {"name": name, "folder": str(folder)}
+
+
+def _in_fresh_process(fn: Any, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` in a spawned interpreter: an export's lanes fork, and a fork of this
+    process, whose engine thread pools (ONNX Runtime's, XNNPACK's) the previous model's timed runs
+    started, deadlocked on a lock one of those threads held (edgekit.lanes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, **kwargs).result()
 
 
 def bench_model(prepared: dict[str, Any], threads: list[int], min_time: float) -> dict[str, Any]:
