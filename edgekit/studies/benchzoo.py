@@ -57,7 +57,10 @@ def run(
     ]
     timing = functools.partial(bench_model, threads=threads or [1, 2], min_time=min_time)
     if local:
-        scheduling = "one model after the other: its export in a fresh process (lanes side by side), its timed runs in this one"
+        scheduling = (
+            "one model after the other: its export in a fresh process (lanes side by side), "
+            "its timed runs in this one"
+        )
         outcomes = []
         for item in items:
             outcomes.append(timing(_in_fresh_process(export_model, **item)))
