@@ -69,6 +69,7 @@ def write(request: WriteRequest) -> dict[str, Any]:
         "quantizer": QUANTIZER,
         "weight_grid": q.grid.describe(),
         "fused_ops": fused_ops(request.path),
+        "rewrites": info["rewrites"],
         "exactness": exactness,
         "activation_ranges": info["activation_ranges"],
     }
@@ -235,6 +236,7 @@ def quantize_onnx(
 
     with tempfile.TemporaryDirectory(prefix="edgekit-int8-") as tmp:
         pre = preprocess_model(src, Path(tmp) / "pre.onnx")
+        rewrites = int8_graph_rewrites(pre)
         ranges = activation_ranges(pre, tensors, method, symmetric_activations)
         cache = write_calibration_cache(ranges, Path(tmp) / "ranges.json")
         overrides = weight_overrides(pre, grid, levels or {})
@@ -261,7 +263,21 @@ def quantize_onnx(
                 "try --per-tensor or report the failing op",
             ) from exc
     float_outputs(dst)
-    return {"activation_ranges": ranges}
+    return {"activation_ranges": ranges, "rewrites": rewrites}
+
+
+def int8_graph_rewrites(path: Path) -> dict[str, int]:
+    """The int8 file's exact rewrites of the float graph at ``path``, in place: channel shuffles
+    as one Gather (:func:`exporters.onnx.channel_shuffles_as_gathers`). Returns the counts."""
+    import onnx
+
+    from exporters.onnx import channel_shuffles_as_gathers
+
+    model = onnx.load(str(path))
+    shuffles = channel_shuffles_as_gathers(model)
+    if shuffles:
+        onnx.save(model, str(path))
+    return {"Reshape + Transpose + Reshape (channel shuffle) -> Gather": shuffles} if shuffles else {}
 
 
 def weight_overrides(

@@ -153,6 +153,57 @@ def global_average_pools(proto: Any) -> int:
     return rewritten
 
 
+def channel_shuffles_as_gathers(proto: Any) -> int:
+    """Rewrite, in place, every channel shuffle (ShuffleNet's Reshape [N,C,H,W] -> [N,g,C/g,H,W],
+    Transpose (0,2,1,3,4), Reshape back to [N,C,H,W]) into one Gather of the input channels in the
+    shuffled order: the same values, moved as whole H x W planes. ONNX Runtime runs this 5-D
+    Transpose element by element (1.5-1.9 ms for a 2x58x28x28 tensor, uint8 or float32, one
+    thread); in a QDQ file the Gather runs on the int8 codes. Returns how many were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+    }
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    readers: dict[str, list[Any]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    dropped: list[Any] = []
+    for node in list(proto.graph.node):
+        if node.op_type != "Transpose" or [a.ints for a in node.attribute if a.name == "perm"] != [
+            [0, 2, 1, 3, 4]
+        ]:
+            continue
+        split, after = producer.get(node.input[0]), readers.get(node.output[0], [])
+        if split is None or split.op_type != "Reshape" or len(after) != 1 or after[0].op_type != "Reshape":
+            continue
+        merge, source = after[0], split.input[0]
+        x, five, back = shapes.get(source), shapes.get(split.output[0]), shapes.get(merge.output[0])
+        if x is None or five is None or len(x) != 4 or len(five) != 5 or back is None or back[1:] != x[1:]:
+            continue
+        channels, groups = x[1], five[1]
+        if None in (channels, groups) or five[1] * five[2] != channels or len(readers[split.output[0]]) != 1:
+            continue
+        order = np.arange(channels).reshape(groups, channels // groups).T.reshape(-1)  # out c <- in order[c]
+        index = f"{merge.output[0]}_shuffle_order"
+        proto.graph.initializer.append(numpy_helper.from_array(order.astype(np.int64), index))
+        gather = helper.make_node("Gather", [source, index], [merge.output[0]], name=merge.name, axis=1)
+        merge.CopyFrom(gather)
+        dropped += [split, node]
+    for node in dropped:
+        proto.graph.node.remove(node)
+    gone = {out for node in dropped for out in node.output}
+    for info in [v for v in proto.graph.value_info if v.name in gone]:
+        proto.graph.value_info.remove(info)
+    used = {name for node in proto.graph.node for name in node.input}
+    for init in [i for i in proto.graph.initializer if i.name not in used]:
+        proto.graph.initializer.remove(init)  # the reshapes' target shapes
+    return len(dropped) // 2
+
+
 def op_histogram(proto: Any) -> dict[str, int]:
     """op_type -> count over the main graph, most frequent first."""
     return dict(Counter(node.op_type for node in proto.graph.node).most_common())

@@ -548,3 +548,45 @@ def test_batch_norms_outside_a_conv_become_affine_exactly() -> None:
         ref, got = net(x), graph(x)
     # x * s + t instead of (x - mean) / sqrt(var + eps) * w + b: float32 rounding only.
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6 * float(ref.abs().max()))
+
+
+class _Shuffled(nn.Module):
+    """Two convs with ShuffleNet's channel shuffle (3 groups) between them, a head after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from edgekit.zoo.common import channel_shuffle
+
+        return self.head(channel_shuffle(torch.relu(self.conv(x)), 3)).mean((2, 3))
+
+
+def test_onnx_channel_shuffle_becomes_one_gather_exactly(tmp_path: Path) -> None:
+    """The int8 file moves whole planes of int8 codes (Gather) instead of ORT's element-by-element
+    5-D Transpose; a Gather only copies values, so the float graph computes bit for bit the same."""
+    import onnx
+    import onnxruntime as ort
+
+    from calibration import onnx_int8
+    from exporters import onnx as onnx_exporter
+
+    calib = _calib()
+    onnx_exporter.export(_Shuffled().eval(), torch.from_numpy(calib[:1]), tmp_path / "m.onnx")
+    proto = onnx.load(tmp_path / "m.onnx")
+    assert onnx_exporter.channel_shuffles_as_gathers(proto) == 1
+    assert not any(n.op_type in ("Transpose", "Reshape") for n in proto.graph.node)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, tmp_path / "g.onnx")
+    runs = [
+        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+        for f in ("m.onnx", "g.onnx")
+    ]
+    for x in calib:
+        before, after = (s.run(None, {"input": x[None]})[0] for s in runs)
+        np.testing.assert_array_equal(after, before)
+    info = onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
+    assert info["rewrites"] == {"Reshape + Transpose + Reshape (channel shuffle) -> Gather": 1}
+    assert "Transpose" not in onnx_int8.fused_ops(tmp_path / "q.onnx")
