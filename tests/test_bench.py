@@ -184,3 +184,15 @@ def test_more_threads_slower_is_flagged_with_its_reason(own, others, reason):
     bench_mod.flag_thread_scaling(rows)
     assert rows[0].note is None and rows[2].note is None  # faster with more threads: no flag
     assert "2 threads slower than 1" in rows[1].note and reason in rows[1].note
+
+
+def test_zoo_readme_lists_slower_thread_rows_with_their_reason() -> None:
+    from edgekit.studies.benchzoo import _thread_lines
+
+    row = dict(model="m", runtime="onnxruntime", format="onnx-int8")
+    slower = "2 threads slower than 1 (p50 2 vs 1 ms): host busy: 1.20 of 2 cores; re-run on an idle host"
+    noted = {"unstable": True, "note": f"unstable: CV 12%; {slower}"}
+    rows = [{**row, "threads": 1}, {**row, "threads": 2, **noted}]
+    text = "\n".join(_thread_lines(rows))
+    assert "0 of 1 rows with more than 1 thread are no slower" in text and "1 of 2 rows had a CV" in text
+    assert f"- m / onnxruntime / onnx-int8: {slower}" in text

@@ -215,6 +215,7 @@ def readme(summary: dict[str, Any]) -> str:
         "Every row on one page, sortable, with a Pareto plot: [dashboard.html](dashboard.html) "
         "(`edgekit report --zoo results.json`).",
         "",
+        *_host_line(summary),
         "| model | runtime | threads | " + " | ".join(f"{f} p50 (p99)" for f in columns) + " | int8/fp32 |",
         "|---|---|---:|" + "---:|" * (len(columns) + 1),
     ]
@@ -231,6 +232,7 @@ def readme(summary: dict[str, Any]) -> str:
         lines.append(f"| {model} | {runtime} | {threads} | " + " | ".join(cells) + f" | {ratio} |")
     lines += _int8_lines(summary.get("int8_vs_fp32") or [])
     lines += _interleaved_lines(summary.get("int8_vs_fp32_interleaved") or [])
+    lines += _thread_lines(summary["results"])
     lines += ["", "Measured (per runtime and threads; runs and warm-up ranges over its rows):", ""]
     lines += [f"- {n}" for n in _measured(summary["results"])]
     lines += ["", "Method: " + "; ".join(f"{k}: {v}" for k, v in summary["method"].items()) + "."]
@@ -268,6 +270,36 @@ def _int8_lines(compare: list[dict[str, Any]]) -> list[str]:
         f"float32 {c['fp32_p50_ms']:.3f} ms (x{c['ratio']:.2f}): {c['why']}"
         for c in slower
     ]
+    return lines
+
+
+def _host_line(summary: dict[str, Any]) -> list[str]:
+    """The host's CPU and how loaded it was (1-minute load average before each timed row)."""
+    loads = [r["load_avg"] for r in summary["results"] if r.get("load_avg") is not None]
+    if not summary.get("machine") or not loads:
+        return []
+    cpu = summary["machine"]["cpu"]
+    return [f"Host: {cpu}, load average {min(loads):.2f}-{max(loads):.2f} before the rows.", ""]
+
+
+def _thread_lines(results: list[dict[str, Any]]) -> list[str]:
+    """More threads against 1: how many rows are no slower, each slower row with the reason its
+    bench measured (edgekit.bench.flag_thread_scaling), and how many rows were unstable."""
+    multi = [r for r in results if r["threads"] > 1]
+    slower = [r for r in multi if "slower than 1" in (r.get("note") or "")]
+    unstable = sum(bool(r.get("unstable")) for r in results)
+    lines = [
+        "",
+        "## Threads",
+        "",
+        f"{len(multi) - len(slower)} of {len(multi)} rows with more than 1 thread are no slower than "
+        f"the same file at 1 thread. {unstable} of {len(results)} rows had a CV over 10% (a shared "
+        "host's outliers; the p50 stands, the note is in results.json).",
+    ]
+    lines += [""] if slower else []
+    for r in slower:
+        reason = r["note"][r["note"].index(f"{r['threads']} threads slower than 1") :]  # the last part
+        lines.append(f"- {r['model']} / {r['runtime']} / {r['format']}: {reason}")
     return lines
 
 
