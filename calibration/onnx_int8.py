@@ -25,11 +25,12 @@ import numpy as np
 from calibration.grid import PAIR_LIMIT, WeightGrid, reads_pairs
 from calibration.onnx_check import layer_check, pair_report
 from calibration.ranges import DEFAULT_METHOD, collect_ranges
-from edgekit.console import ort_log_level
+from edgekit.console import ORT_QUIET, ort_log_level
 from edgekit.errors import ExportError
 from edgekit.formats import WriteRequest
 
 # The grid of ONNX Runtime int8 files: exact on every CPU path (docs/int8.md weighs the alternatives).
+ORT_FATAL_ONLY = 4  # ONNX Runtime severity
 ONNX_GRID = WeightGrid(bits=8, per_channel=True, pair_limit=PAIR_LIMIT)
 QUANTIZER = "onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid"
 
@@ -120,7 +121,9 @@ def _tensor_probe(model_path: Path) -> tuple[Any, str, list[str]]:
                     model.graph.output.append(info)
     _symbolic_batch(model)
     options = ort.SessionOptions()
-    options.log_severity_level = ort_log_level()
+    # A batch the graph cannot take is an expected kernel error (then one image a call): shown
+    # under --debug only
+    options.log_severity_level = ORT_FATAL_ONLY if ort_log_level() >= ORT_QUIET else ort_log_level()
     options.intra_op_num_threads = torch.get_num_threads()  # this process's share (edgekit.lanes)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

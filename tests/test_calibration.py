@@ -194,3 +194,33 @@ def test_degenerate_ranges_do_not_crash(values):
         lo, hi = hist.select(method)
         assert np.isfinite(lo) and np.isfinite(hi) and lo <= 0.0 <= hi
         assert (hi > 0) == (values.max() > 0)
+
+
+def _reshape_graph(tmp_path, target: list[int]):
+    """input [1, 4] -> Reshape(target, a constant initializer) -> Relu -> output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(target, np.int64), "shape")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("target", [[1, 2, 2], [2, 2]])
+def test_probe_batches_images_only_where_the_graph_computes_each_alone(tmp_path, capfd, target):
+    """[1, 2, 2] spells out a batch of 1 (the probe takes a batch through it); [2, 2] folds the
+    batch away (a two-image call fails: one image a call, without an error on screen). The ranges
+    are the same either way."""
+    from calibration.onnx_int8 import activation_ranges
+
+    tensors = np.random.default_rng(0).standard_normal((6, 4), dtype=np.float32)
+    path = _reshape_graph(tmp_path, target)
+    assert activation_ranges(path, tensors, "minmax") == activation_ranges(path, tensors, "minmax", batch=1)
+    assert "onnxruntime" not in capfd.readouterr().err
