@@ -19,7 +19,7 @@ from calibration.grid import INT8_GRID, WeightGrid
 from calibration.pt2e import freeze_weight_observers, observed_ranges, output_observers
 from calibration.ranges import DEFAULT_METHOD
 from calibration.threads import one_thread
-from edgekit.console import quiet_native
+from edgekit.console import captured_output, quiet_native
 from edgekit.errors import ExportError
 from edgekit.formats import WriteRequest
 
@@ -113,10 +113,13 @@ def quantize_tflite(
     symmetric_activations: bool = False,
 ) -> dict[str, Any]:
     """Calibrate ``module`` on ``tensors`` (NCHW float32) and write an int8 NHWC .tflite at ``dst``."""
-    import litert_torch
     import torch
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    # Noisy imports (absl, TF's oneDNN note, torchao): in a lane of its own this writer may be first
+    with captured_output():
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     nhwc = torch.from_numpy(np.ascontiguousarray(tensors.transpose(0, 2, 3, 1)))
     sample = (nhwc[:1],)
