@@ -353,9 +353,9 @@ def float_outputs(path: Path) -> list[str]:
         graph.node.remove(dq)
         dropped.append(output.name)
     if dropped:
-        used = {name for node in graph.node for name in node.input}
-        for init in [i for i in graph.initializer if i.name not in used]:
-            graph.initializer.remove(init)  # the pair's scale and zero-point
+        from exporters.onnx import drop_unused_initializers
+
+        drop_unused_initializers(graph)  # the pairs' scales and zero-points
         onnx.save(model, str(path))
     return dropped
 

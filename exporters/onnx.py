@@ -146,10 +146,7 @@ def global_average_pools(proto: Any) -> int:
         del node.input[1:]
         del node.attribute[:]
         rewritten += 1
-    used = {name for node in proto.graph.node for name in node.input}
-    unused = [init for init in proto.graph.initializer if init.name not in used]
-    for init in unused:  # the axes constants
-        proto.graph.initializer.remove(init)
+    drop_unused_initializers(proto.graph)  # the axes constants
     return rewritten
 
 
@@ -198,10 +195,15 @@ def channel_shuffles_as_gathers(proto: Any) -> int:
     gone = {out for node in dropped for out in node.output}
     for info in [v for v in proto.graph.value_info if v.name in gone]:
         proto.graph.value_info.remove(info)
-    used = {name for node in proto.graph.node for name in node.input}
-    for init in [i for i in proto.graph.initializer if i.name not in used]:
-        proto.graph.initializer.remove(init)  # the reshapes' target shapes
+    drop_unused_initializers(proto.graph)  # the reshapes' target shapes
     return len(dropped) // 2
+
+
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove, in place, the initializers no node reads any more (after a rewrite)."""
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def op_histogram(proto: Any) -> dict[str, int]:
