@@ -303,12 +303,15 @@ def _last_runs(trace: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
 
 def slow_path_ops(graph: Any, per_op_ms: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Float compute ops left in an int8 model's optimised graph: each costs a Dequantize before and a
-    Quantize after, and runs in float32 instead of int8."""
+    Quantize after, and runs in float32 instead of int8. The stem conv, which reads the float image,
+    is float by edgekit's choice (``calibration.onnx_int8.stem_convs``), not for want of a kernel."""
+    images = {i.name for i in graph.input}
     counts = Counter(
         n.op_type
         for n in graph.node
         if n.op_type not in _ORT_INT8 | _ORT_QDQ | _ORT_SHAPE
         and category(n.op_type) not in ("reshape/transpose", "quantise/dequantise")
+        and not (n.op_type == "Conv" and n.input[0] in images)
     )
     qdq = Counter(n.op_type for n in graph.node if n.op_type in _ORT_QDQ)
     slow = [

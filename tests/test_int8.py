@@ -28,9 +28,11 @@ def test_int8_files_and_manifest(int8_dir):
     tfl = files["tflite-int8"]
     assert tfl["input"]["dtype"] == "int8" and tfl["output"]["dtype"] == "int8"
     assert tfl["input"]["scale"] > 0 and -128 <= tfl["input"]["zero_point"] <= 127
-    # ORT fuses the QDQ pairs: integer convolutions, no float Conv left.
+    # ORT fuses the QDQ pairs: integer convolutions, but for the stem, which reads the float image
+    # and is kept float (ORT's int8 kernel at 3 input channels is slower than its float one).
     fused = files["onnx-int8"]["fused_ops"]
-    assert fused.get("QLinearConv", 0) > 30 and fused.get("Conv", 0) == 0
+    assert fused.get("QLinearConv", 0) > 30 and fused.get("Conv", 0) == 1
+    assert files["onnx-int8"]["rewrites"]["stem Conv (reads the image) kept float"] == 1
     # The logits stay float: the classifier runs as QGemm with a float output, no Q/DQ after it.
     import onnx
 

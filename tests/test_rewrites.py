@@ -588,5 +588,121 @@ def test_onnx_channel_shuffle_becomes_one_gather_exactly(tmp_path: Path) -> None
         before, after = (s.run(None, {"input": x[None]})[0] for s in runs)
         np.testing.assert_array_equal(after, before)
     info = onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
-    assert info["rewrites"] == {"Reshape + Transpose + Reshape (channel shuffle) -> Gather": 1}
+    assert info["rewrites"]["Reshape + Transpose + Reshape (channel shuffle) -> Gather"] == 1
     assert "Transpose" not in onnx_int8.fused_ops(tmp_path / "q.onnx")
+
+
+def _qdq_scaled(c: float, s_a: float, z_a: int, s_b: float, z_b: int) -> object:
+    """x -> Q(a) -> DQ -> Mul(DQ(c)) -> Q(b) -> DQ: how quantize_static writes ``x * c``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array(v, dtype), name)
+        for name, v, dtype in [
+            ("s_a", s_a, np.float32), ("z_a", z_a, np.uint8),
+            ("s_b", s_b, np.float32), ("z_b", z_b, np.uint8),
+            ("c_q", 255, np.uint8), ("c_s", c / 255, np.float32), ("c_z", 0, np.uint8),
+        ]
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s_a", "z_a"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s_a", "z_a"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["c_q", "c_s", "c_z"], ["c"]),
+        helper.make_node("Mul", ["xd", "c"], ["y"]),
+        helper.make_node("QuantizeLinear", ["y", "s_b", "z_b"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s_b", "z_b"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64, 64])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 64, 64])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_onnx_constant_mul_becomes_the_quantize_scale(tmp_path: Path) -> None:
+    """Hard-swish's 1/6 in the int8 file: one rounding onto b's grid instead of two, no Mul left."""
+    import onnx
+    import onnxruntime as ort
+
+    from calibration import onnx_int8
+
+    c, s_a, z_a, s_b, z_b = 1 / 6, 0.05, 128, 0.05 / 6 * 1.1, 120
+    onnx.save(_qdq_scaled(c, s_a, z_a, s_b, z_b), tmp_path / "before.onnx")
+    onnx.save(_qdq_scaled(c, s_a, z_a, s_b, z_b), tmp_path / "after.onnx")
+    assert onnx_int8.constant_muls_as_scales(tmp_path / "after.onnx") == 1
+    folded = onnx.load(tmp_path / "after.onnx")
+    onnx.checker.check_model(folded, full_check=True)
+    assert [n.op_type for n in folded.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+
+    x = np.random.default_rng(0).uniform(s_a * -z_a, s_a * (255 - z_a), (1, 1, 64, 64)).astype(np.float32)
+    before, after = (
+        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for f in ("before.onnx", "after.onnx")
+    )
+    exact = np.clip(c * x.astype(np.float64), -z_b * s_b, (255 - z_b) * s_b)
+    eps = 1e-6  # float32 rounding of the scale and of x / scale
+    assert np.abs(after - exact).max() <= s_b / 2 + eps  # the nearest code
+    assert np.all(np.abs(after - exact) <= np.abs(before - exact) + eps)  # never further from float
+    assert np.abs(after - before).max() <= s_b + eps  # within one code inside a's range
+    assert (after != before).any()  # the two roundings did differ somewhere: the test can fail
+
+
+def test_onnx_int8_hardswish_has_one_qlinearmul(int8_files: dict[str, Path]) -> None:
+    """x * relu6(x + 3) * (1/6): the 1/6 folds into a scale, one QLinearMul a hard-swish is left."""
+    from calibration import onnx_int8
+
+    assert onnx_int8.fused_ops(int8_files["onnx-after"]).get("QLinearMul") == 3  # tiny_net's three
+
+
+def test_onnx_int8_stem_conv_stays_float(int8_files: dict[str, Path], tmp_path: Path) -> None:
+    """The conv reading the image runs ORT's float stem kernel; the rest is integer, and the bench
+    does not count the stem as an op off the int8 fast path."""
+    from calibration import onnx_int8
+
+    fused = onnx_int8.fused_ops(int8_files["onnx-after"])
+    assert fused.get("Conv") == 1 and fused.get("QLinearConv") == 2  # tiny_net: stem, depthwise, pointwise
+    assert _ort_float_ops(int8_files["onnx-after"], tmp_path) == 0
+
+
+class _Pooled(nn.Module):
+    """A conv, ShuffleNetV1's shortcut pool (3x3, stride 2, padded, padding counted), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head = nn.Conv2d(3, 12, 3, padding=1), nn.Conv2d(12, 4, 1)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.conv(x)))).mean((2, 3))
+
+
+def test_onnx_avg_pool_becomes_a_depthwise_conv(tmp_path: Path) -> None:
+    """Same sums in another order (float32: a few ulps); the int8 file has no QLinearAveragePool."""
+    import onnx
+    import onnxruntime as ort
+
+    from calibration import onnx_int8
+    from exporters import onnx as onnx_exporter
+
+    calib = _calib()
+    onnx_exporter.export(_Pooled().eval(), torch.from_numpy(calib[:1]), tmp_path / "m.onnx")
+    proto = onnx.shape_inference.infer_shapes(onnx.load(tmp_path / "m.onnx"))
+    assert onnx_exporter.avg_pools_as_depthwise(proto) == 1
+    assert "AveragePool" not in [n.op_type for n in proto.graph.node]
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, tmp_path / "c.onnx")
+    runs = [
+        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
+        for f in ("m.onnx", "c.onnx")
+    ]
+    for x in calib:
+        before, after = (s.run(None, {"input": x[None]})[0] for s in runs)
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+    info = onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
+    assert info["rewrites"]["AveragePool -> depthwise Conv (1/k^2)"] == 1
+    fused = onnx_int8.fused_ops(tmp_path / "q.onnx")
+    assert "QLinearAveragePool" not in fused and fused["QLinearConv"] == 2  # the pool and the head
