@@ -706,3 +706,19 @@ def test_onnx_avg_pool_becomes_a_depthwise_conv(tmp_path: Path) -> None:
     assert info["rewrites"]["AveragePool -> depthwise Conv (1/k^2)"] == 1
     fused = onnx_int8.fused_ops(tmp_path / "q.onnx")
     assert "QLinearAveragePool" not in fused and fused["QLinearConv"] == 2  # the pool and the head
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_onnx_stem_stays_float_unless_a_max_pool_follows(tmp_path: Path, pool: bool) -> None:
+    """The conv reading the image is left float, except before a max pool (ORT would then run the
+    pool on uint8 NCHW, its slow kernel)."""
+    from calibration import onnx_int8
+    from exporters import onnx as onnx_exporter
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()]
+    layers += [nn.MaxPool2d(3, stride=2, padding=1)] if pool else []
+    net = nn.Sequential(*layers, nn.Conv2d(8, 4, 1)).eval()
+    onnx_exporter.export(net, torch.from_numpy(_calib()[:1]), tmp_path / "m.onnx")
+    stems = onnx_int8.stem_convs(tmp_path / "m.onnx")
+    assert len(stems) == (0 if pool else 1)
