@@ -311,7 +311,7 @@ def slow_path_ops(graph: Any, per_op_ms: dict[str, float] | None = None) -> list
         for n in graph.node
         if n.op_type not in _ORT_INT8 | _ORT_QDQ | _ORT_SHAPE
         and category(n.op_type) not in ("reshape/transpose", "quantise/dequantise")
-        and not (n.op_type == "Conv" and n.input[0] in images)
+        and not (n.op_type in ("Conv", "FusedConv") and n.input[0] in images)
     )
     qdq = Counter(n.op_type for n in graph.node if n.op_type in _ORT_QDQ)
     slow = [
