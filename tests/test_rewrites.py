@@ -564,11 +564,18 @@ class _Shuffled(nn.Module):
         return self.head(channel_shuffle(torch.relu(self.conv(x)), 3)).mean((2, 3))
 
 
+def _ort_pairs(first: Path, second: Path, calib: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Both ONNX files' outputs in ONNX Runtime, image by image."""
+    import onnxruntime as ort
+
+    runs = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (first, second)]
+    return [tuple(s.run(None, {"input": x[None]})[0] for s in runs) for x in calib]
+
+
 def test_onnx_channel_shuffle_becomes_one_gather_exactly(tmp_path: Path) -> None:
     """The int8 file moves whole planes of int8 codes (Gather) instead of ORT's element-by-element
     5-D Transpose; a Gather only copies values, so the float graph computes bit for bit the same."""
     import onnx
-    import onnxruntime as ort
 
     from calibration import onnx_int8
     from exporters import onnx as onnx_exporter
@@ -580,12 +587,7 @@ def test_onnx_channel_shuffle_becomes_one_gather_exactly(tmp_path: Path) -> None
     assert not any(n.op_type in ("Transpose", "Reshape") for n in proto.graph.node)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, tmp_path / "g.onnx")
-    runs = [
-        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
-        for f in ("m.onnx", "g.onnx")
-    ]
-    for x in calib:
-        before, after = (s.run(None, {"input": x[None]})[0] for s in runs)
+    for before, after in _ort_pairs(tmp_path / "m.onnx", tmp_path / "g.onnx", calib):
         np.testing.assert_array_equal(after, before)
     info = onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
     assert info["rewrites"]["Reshape + Transpose + Reshape (channel shuffle) -> Gather"] == 1
@@ -683,7 +685,6 @@ class _Pooled(nn.Module):
 def test_onnx_avg_pool_becomes_a_depthwise_conv(tmp_path: Path) -> None:
     """Same sums in another order (float32: a few ulps); the int8 file has no QLinearAveragePool."""
     import onnx
-    import onnxruntime as ort
 
     from calibration import onnx_int8
     from exporters import onnx as onnx_exporter
@@ -695,12 +696,7 @@ def test_onnx_avg_pool_becomes_a_depthwise_conv(tmp_path: Path) -> None:
     assert "AveragePool" not in [n.op_type for n in proto.graph.node]
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, tmp_path / "c.onnx")
-    runs = [
-        ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"])
-        for f in ("m.onnx", "c.onnx")
-    ]
-    for x in calib:
-        before, after = (s.run(None, {"input": x[None]})[0] for s in runs)
+    for before, after in _ort_pairs(tmp_path / "m.onnx", tmp_path / "c.onnx", calib):
         np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
     info = onnx_int8.quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", calib, method="minmax")
     assert info["rewrites"]["AveragePool -> depthwise Conv (1/k^2)"] == 1
