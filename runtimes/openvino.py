@@ -84,7 +84,7 @@ class OpenVinoRuntime(Runtime):
         for layer in sess.layers():
             if layer["type"] in _COMPUTE and layer["precision"] not in INT8_PRECISIONS:
                 found[f"{layer['type']} ({layer['precision']})"] += 1
-        why = "runs in floating point in OpenVINO's compiled graph (an int8 file's float stem conv included)"
+        why = "runs in floating point in OpenVINO's compiled graph"
         return [{"op": op, "count": n, "why": why} for op, n in sorted(found.items())]
 
 
