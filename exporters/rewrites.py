@@ -215,6 +215,27 @@ GATHER_FOLD_MACS = 48
 GATHER_FOLD = "conv(relu(bn(x[:, index]))) -> dense conv(relu(bn(x)))"
 
 
+GATHERS = (torch.ops.aten.index_select.default, torch.ops.aten.index.Tensor)
+
+
+def calls_a_gather(module: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether one eager forward of ``module`` gathers (``index_select``, ``x[:, index]``): a
+    few milliseconds, where the export :func:`gathers_into_convs` reads costs seconds, and most
+    networks have no gather."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        found = False
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+            Seen.found |= func in GATHERS  # x[:, index] runs aten.index, which export may lower
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Seen():
+        module(sample)
+    return Seen.found
+
+
 def gathers_into_convs(graph: Any, max_macs_per_value: float = GATHER_FOLD_MACS) -> int:
     """Fold, in place, a constant channel gather ``x[:, index]`` (``index_select``) into the
     convolution it feeds, through an inference BatchNorm and a ReLU between them (CondenseNet's

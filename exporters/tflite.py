@@ -52,8 +52,10 @@ def _folded_gathers(module: Any, sample: Any) -> tuple[Any, dict[str, int]]:
     gather; exporters/rewrites.py), or ``module`` itself when there is none to fold."""
     import torch
 
-    from exporters.rewrites import GATHER_FOLD, gathers_into_convs
+    from exporters.rewrites import GATHER_FOLD, calls_a_gather, gathers_into_convs
 
+    if not calls_a_gather(module, sample):
+        return module, {}
     graph = torch.export.export(module, (sample,)).module()
     folded = gathers_into_convs(graph)
     return (graph, {GATHER_FOLD: folded}) if folded else (module, {})

@@ -455,6 +455,21 @@ def test_gather_folds_into_the_next_conv_exactly() -> None:
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
 
 
+def test_gather_probe_sees_index_select_and_indexing() -> None:
+    """The eager probe that spares the TFLite export a second trace: a gather in any spelling."""
+    from exporters.rewrites import calls_a_gather
+
+    x = torch.from_numpy(_calib())[:1]
+    index = torch.tensor([2, 0, 0])
+
+    class Indexed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, index]
+
+    assert calls_a_gather(_Condensed(), x) and calls_a_gather(Indexed(), x)
+    assert not calls_a_gather(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1)), x)
+
+
 def test_gather_with_differing_bn_constants_is_kept() -> None:
     """Two copies of a channel with other BN constants: the BN cannot move before the gather."""
     from exporters.rewrites import gathers_into_convs
