@@ -29,7 +29,7 @@ run: setup
 
 test: setup
 	bash scripts/test-deps.sh
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15  # two workers, a test file each (module fixtures built once); the slowest listed
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15  # two workers, a test file each (module fixtures built once), the longest files first (tests/conftest.py); the slowest listed
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
