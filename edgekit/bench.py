@@ -678,7 +678,8 @@ def _why_slower(runtime: str, slow: list[dict[str, Any]], int8: BenchRow) -> str
         return f"not delegated to XNNPACK, run on the TFLite kernels between delegate partitions: {ops}"
     if ops:
         return f"no int8 kernel in {runtime}, float32 between DequantizeLinear and QuantizeLinear: {ops}"
-    why = "every op is on the int8 path; the int8 kernels do not win on this graph and host"
+    host = f"this CPU's int8 path ({int8.int8_path})" if int8.int8_path else "this host"
+    why = f"every op is on the int8 path; the int8 kernels do not win on this graph and {host}"
     if int8.unstable:
         why += f" (and the int8 run was unstable, CV {int8.cv:.0%})"
     return why + "; see `edgekit bench DIR --profile` for the per-op times"

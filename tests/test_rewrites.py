@@ -289,6 +289,12 @@ def test_bench_names_the_ops_off_the_fast_path(int8_files: dict[str, Path]) -> N
     assert "HARD_SWISH x3" in slower[0]["why"]
     faster = int8_vs_fp32([result("tflite-fp32", "fp32", 2.0), result("tflite-int8", "int8", 1.0)], jobs)
     assert faster[0]["int8_faster"] and "why" not in faster[0]
+    # every op delegated and still slower: the CPU's int8 instructions are named (AVX2 without VNNI)
+    delegated = [Job(formats.get("tflite-int8"), int8_files["tflite-after"], "litert")]
+    avx2 = result("tflite-int8", "int8", 2.0)
+    avx2.int8_path = "x86 AVX2 without VNNI (int16 pair sums)"
+    why = int8_vs_fp32([result("tflite-fp32", "fp32", 1.0), avx2], delegated)[0]["why"]
+    assert why.startswith("every op is on the int8 path") and "AVX2 without VNNI" in why
 
 
 def test_onnx_mean_pools_become_global_average_pools(tmp_path: Path) -> None:
