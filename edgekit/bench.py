@@ -624,6 +624,7 @@ def int8_vs_fp32(results: list[BenchRow], jobs: list[Job]) -> list[dict[str, Any
             row["why"] = _why_slower(runtime, slow or [], int8)
             if int8.target == "local":
                 row["op_ms"] = _op_times(jobs, runtime, threads)
+                row["why"] += _off_path_share(row, int8.p50_ms - fp32.p50_ms)
                 row["why"] += _op_times_note(row["op_ms"], threads)
         rows.append(row)
     return rows
@@ -670,6 +671,16 @@ def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> s
         f". Per-op ms (the engine's profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
         f"int8 {top['int8']}; float32 {top['fp32']}"
     )
+
+
+def _off_path_share(row: dict[str, Any], gap_ms: float) -> str:
+    """How much of the int8 file's extra time its off-fast-path ops take (the engine's profiler):
+    a small share means the int8 kernels themselves lose, whatever the off-path list says."""
+    int8_ms = (row.get("op_ms") or {}).get("int8") or {}
+    off = sum(int8_ms.get(o["op"], 0.0) for o in row["off_fast_path"])
+    if not off or gap_ms <= 0:
+        return ""
+    return f" (those ops take {off:.2f} ms of the {gap_ms:.2f} ms by which int8 is slower)"
 
 
 def _why_slower(runtime: str, slow: list[dict[str, Any]], int8: BenchRow) -> str:

@@ -152,6 +152,17 @@ def test_latency_stats():
     assert stats["unstable"] is True
 
 
+def test_off_path_share_of_the_int8_gap():
+    """The why of a slower int8 file says how much of the gap its off-path ops take (profiled)."""
+    row = {
+        "off_fast_path": [{"op": "ReduceMean", "count": 1}, {"op": "Softmax", "count": 1}],
+        "op_ms": {"int8": {"QLinearConv": 6.5, "ReduceMean": 0.03}, "fp32": {"Conv": 4.3}},
+    }
+    share = bench_mod._off_path_share(row, 1.26)
+    assert share == " (those ops take 0.03 ms of the 1.26 ms by which int8 is slower)"
+    assert bench_mod._off_path_share({**row, "op_ms": None}, 1.26) == ""  # no profile: no share
+
+
 def test_host_load_is_measured(report):
     for r in report["results"]:
         # One thread of work: the process ran at most ~1 CPU-s per s plus the engine's helpers.
