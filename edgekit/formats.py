@@ -63,7 +63,11 @@ class Format:
     grid: str | None = None  # int8: "module:function" (per_channel) -> its WeightGrid
     dynamic_batch: bool = False  # can take a symbolic batch dimension (--dynamic-batch)
     companions: tuple[str, ...] = ()  # files written beside ``filename`` (ncnn's .bin), hashed too
-    lane: str = "main"  # formats of another lane are written in a second process (edgekit.lanes)
+    lane: str = "main"  # formats of another lane are written in a second process (edgekit.lanes);
+    # "any": a file no other format reads, written in whichever lane has the least work
+    # Seconds to write + verify (+ calibrate) MobileNetV3-large at 224 px on a 2-core AMD EPYC
+    # (manifest timings): lane balancing reads their ratios (edgekit.lanes, docs/export.md).
+    cost: float = 10.0
 
     @property
     def int8(self) -> bool:
@@ -111,6 +115,8 @@ _BUILTIN = (
         "exporters.pt2:write",
         ("torch",),
         dynamic_batch=True,
+        lane="any",  # nothing reads model.pt2: it fills the lighter lane
+        cost=7,
     ),
     Format(
         "onnx-fp32",
@@ -122,6 +128,7 @@ _BUILTIN = (
         ("onnxruntime", "openvino"),
         ("onnx", "onnxslim"),
         dynamic_batch=True,
+        cost=12,
     ),
     Format(
         "tflite-fp32",
@@ -133,6 +140,7 @@ _BUILTIN = (
         ("litert",),
         ("litert_torch", "ai_edge_litert"),
         lane="litert",
+        cost=30,
     ),
     Format(
         "tflite-fp16",
@@ -145,6 +153,7 @@ _BUILTIN = (
         ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
         source="tflite-fp32",
         lane="litert",
+        cost=1,
     ),
     Format(
         "executorch-fp32",
@@ -156,6 +165,7 @@ _BUILTIN = (
         ("executorch",),
         ("executorch",),
         lane="executorch",
+        cost=43,
     ),
     Format(
         "ncnn-fp32",
@@ -168,6 +178,7 @@ _BUILTIN = (
         ("ncnn", "pnnx"),
         source="onnx-fp32",
         companions=("model.ncnn.bin",),
+        cost=1.5,
     ),
     Format(
         "ncnn-fp16",
@@ -180,6 +191,7 @@ _BUILTIN = (
         ("ncnn", "pnnx"),
         source="onnx-fp32",
         companions=("model_fp16.ncnn.bin",),
+        cost=1.5,
     ),
     Format(
         "onnx-int8",
@@ -192,6 +204,7 @@ _BUILTIN = (
         ("onnx", "onnxruntime"),
         source="onnx-fp32",
         grid="calibration.onnx_int8:weight_grid",
+        cost=38,
     ),
     Format(
         "tflite-int8",
@@ -205,6 +218,7 @@ _BUILTIN = (
         baseline="tflite-fp32",  # quantised from the network (PT2E), not from the float file
         grid="calibration.tflite_int8:weight_grid",
         lane="litert-int8",
+        cost=67,
     ),
     Format(
         "executorch-int8",
@@ -217,6 +231,7 @@ _BUILTIN = (
         ("executorch",),
         grid="calibration.executorch_int8:weight_grid",
         lane="executorch",
+        cost=114,
     ),
 )
 _REGISTERED: dict[str, Format] = {}

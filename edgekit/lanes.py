@@ -6,9 +6,11 @@ written in forked processes, each lane with its own int8 calibration (same tenso
 remedies: one thread, so the same bytes as a serial export). A format names its lane in the
 registry; a lane whose formats read a file of another lane joins that lane. ``jobs`` bounds the
 processes: the lanes that write an int8 file (a calibration and an int8 conversion, the longest)
-keep their process first, the others join the main lane. So on two cores the TFLite int8 file
-(its calibration and litert-torch, ~50 s for MobileNetV3 at 224 px) is written beside every
-other file.
+keep their process first, the others join the main lane. A format that nothing else reads and
+whose registry lane is ``any`` (``model.pt2``) then fills the lane with the least work, by the
+registry's ``cost`` (seconds measured per format). So on two cores the TFLite int8 file (its
+calibration and litert-torch, ~50-65 s for MobileNetV3 at 224 px) and ``model.pt2`` are written
+beside every other file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from edgekit.errors import ExportError
 
 MAIN = "main"
+ANY = "any"  # a format written in whichever lane has the least work
 
 
 @dataclass
@@ -47,12 +50,15 @@ def default_jobs() -> int:
 
 
 def plan(chosen: list[Any], jobs: int) -> list[Lane]:
-    """The lanes of ``chosen``: the main lane first (it holds the reference file), then the
-    others in registry order; at most ``jobs`` lanes (those with an int8 file first), the rest
-    joined to the main one."""
-    lane_of = {f.name: f.lane for f in chosen}
+    """The lanes of ``chosen``: the main lane first, then the others in registry order; at most
+    ``jobs`` lanes (those with an int8 file first), the rest joined to the main one. A format of
+    lane ``any`` (one nothing else reads) then goes to the lane with the least work by the
+    registry's ``cost``; each lane writes in registry order."""
+    read = {f.source for f in chosen}
+    free = [f for f in chosen if f.lane == ANY and f.name not in read]
+    lane_of = {f.name: MAIN if f.lane == ANY else f.lane for f in chosen if f not in free}
     for f in chosen:  # a file read from another lane must be written first: same lane
-        if f.source in lane_of and lane_of[f.source] != lane_of[f.name]:
+        if f.source in lane_of and f.name in lane_of and lane_of[f.source] != lane_of[f.name]:
             lane_of[f.name] = MAIN
     names = [MAIN, *dict.fromkeys(n for n in lane_of.values() if n != MAIN)]
     with_int8 = {lane_of[f.name] for f in chosen if f.int8}
@@ -60,7 +66,13 @@ def plan(chosen: list[Any], jobs: int) -> list[Lane]:
     kept = {MAIN, *by_cost[: max(jobs, 1) - 1]}
     lanes = {name: Lane(name) for name in names if name in kept}
     for f in chosen:
-        lanes[lane_of[f.name] if lane_of[f.name] in kept else MAIN].formats.append(f)
+        if f not in free:
+            lanes[lane_of[f.name] if lane_of[f.name] in kept else MAIN].formats.append(f)
+    for f in free:
+        min(lanes.values(), key=lambda lane: sum(g.cost for g in lane.formats)).formats.append(f)
+    order = {f.name: i for i, f in enumerate(chosen)}
+    for lane in lanes.values():
+        lane.formats.sort(key=lambda f: order[f.name])
     return [lane for lane in lanes.values() if lane.formats or lane.name == MAIN]
 
 

@@ -85,17 +85,30 @@ def test_lanes_split_the_formats_across_processes() -> None:
 
     default = formats.resolve(["onnx", "tflite"], int8=True)
     assert names(default, 1) == [[f.name for f in default]]
-    # Two cores: the TFLite int8 file (a calibration + litert-torch) beside all the others.
+    # Two cores: the TFLite int8 file (a calibration + litert-torch) beside all the others but
+    # model.pt2, which nothing reads: it goes to the lane with less work (by the registry's cost).
     assert names(default, 2) == [
-        ["torch", "onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8"],
-        ["tflite-int8"],
+        ["onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8"],
+        ["torch", "tflite-int8"],
     ]
-    assert names(default, 3)[1:] == [["tflite-fp32", "tflite-fp16"], ["tflite-int8"]]
+    assert names(default, 3)[1:] == [["torch", "tflite-fp32", "tflite-fp16"], ["tflite-int8"]]
     chosen = formats.resolve(["onnx", "tflite", "executorch", "ncnn"], int8=True)
-    main, executorch = names(chosen, 2)
+
+    def without_torch(lanes: list[list[str]]) -> list[list[str]]:
+        return [[n for n in lane if n != "torch"] for lane in lanes]
+
+    main, executorch = without_torch(names(chosen, 2))
     assert executorch == ["executorch-fp32", "executorch-int8"]
-    assert main[0] == "torch" and "ncnn-fp32" in main and "tflite-int8" in main  # ncnn reads model.onnx
-    assert names(chosen, 4)[1:] == [["tflite-fp32", "tflite-fp16"], executorch, ["tflite-int8"]]
+    assert "ncnn-fp32" in main and "tflite-int8" in main  # ncnn reads model.onnx
+    tflite = ["tflite-fp32", "tflite-fp16"]
+    assert without_torch(names(chosen, 4))[1:] == [tflite, executorch, ["tflite-int8"]]
+    for jobs in (2, 3, 4):
+        lanes = plan(chosen, jobs)
+        assert [f.name for lane in lanes for f in lane.formats].count("torch") == 1
+        work = [sum(f.cost for f in lane.formats if f.name != "torch") for lane in lanes]
+        assert "torch" in names(chosen, jobs)[work.index(min(work))]
+    # The only lane, or one nothing else runs beside: the reference keeps its place, first.
+    assert names(formats.resolve(["onnx"], int8=False), 2) == [["torch", "onnx-fp32"]]
     # A format of another lane that reads a main-lane file is written in the main lane.
     reader = dataclasses.replace(formats.get("tflite-fp16"), name="x", source="onnx-fp32")
     assert [f.name for f in plan([formats.get("onnx-fp32"), reader], 2)[0].formats] == ["onnx-fp32", "x"]
