@@ -25,10 +25,12 @@ def write(request: WriteRequest) -> dict[str, Any]:
     """The ``executorch-fp32`` writer."""
     import torch
 
+    from exporters.rewrites import batch_norms_folded
+
     error = None
     with captured_output() as log:
         try:
-            program = torch.export.export(request.model.eval(), (request.example,))
+            program = torch.export.export(batch_norms_folded(request.model.eval()), (request.example,))
             info = lower(program, request.path)
         except Exception as exc:  # exporter/partitioner failures become one ExportError naming the op
             error = exc

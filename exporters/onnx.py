@@ -29,8 +29,10 @@ def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bo
     """Export, simplify, check and save ``module`` to ``out_path``; returns manifest info."""
     import onnx
 
+    from exporters.rewrites import batch_norms_folded
+
     with captured_output() as log:
-        proto, route, error = _convert(module, example_input, dynamic_batch)
+        proto, route, error = _convert(batch_norms_folded(module), example_input, dynamic_batch)
     if proto is None:
         raise conversion_error("onnx", error, log[0]) from error
     proto = _simplify_and_check(proto)

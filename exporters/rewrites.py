@@ -1,4 +1,8 @@
-"""Activation rewrites that keep int8 models on the runtimes' integer fast paths.
+"""Module rewrites before conversion: BatchNorm folding for every float converter, and the
+activation rewrites that keep int8 models on the runtimes' integer fast paths.
+
+Each converter folds an inference BatchNorm into the convolution before it anyway; folding it in
+PyTorch first (:func:`batch_norms_folded`) hands the converters' traces a third fewer nodes.
 
 Hard-swish and hard-sigmoid have no int8 kernel in the runtimes we ship: LiteRT leaves an int8
 HARD_SWISH outside the XNNPACK delegate (each one splits the graph into another partition), and
@@ -65,6 +69,23 @@ REWRITES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Hardswish: HardSwishDecomposed,
     nn.Hardsigmoid: HardSigmoidDecomposed,
 }
+
+
+def batch_norms_folded(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each inference BatchNorm folded into the convolution (or linear
+    layer) feeding only it, by torch.fx's ``fuse``; ``model`` itself when there is none, or when it
+    cannot be traced symbolically (data-dependent control flow: the converter then folds them).
+    The traces are the export's cost: MobileNetV3-large at 224 px, 2-core AMD EPYC, litert-torch
+    25 -> 16 s and torch.onnx 7 -> 5 s, the same graph out (docs/export.md)."""
+    from torch.fx.experimental.optimization import fuse
+
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    if model.training or not any(isinstance(m, norms) for m in model.modules()):
+        return model
+    try:
+        return fuse(model)  # a deep copy: the caller's module (the reference) is left as it is
+    except Exception:  # torch.fx cannot trace every module; unfolded is still a correct export
+        return model
 
 
 def int8_friendly(model: nn.Module) -> dict[str, Any]:

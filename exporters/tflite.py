@@ -37,7 +37,9 @@ def export(module: Any, example_input: Any, out_path: Path) -> dict[str, Any]:
             import litert_torch  # noisy import (absl, torchao): inside the capture
 
             litert_torch.config.show_progress = False
-            wrapped = litert_torch.to_channel_last_io(module, args=[0]).eval()
+            from exporters.rewrites import batch_norms_folded
+
+            wrapped = litert_torch.to_channel_last_io(batch_norms_folded(module), args=[0]).eval()
             wrapped, rewrites = _folded_gathers(wrapped, sample)
             litert_torch.convert(wrapped, (sample,)).export(str(out_path))
         except Exception as exc:  # any converter failure becomes one ExportError naming the op

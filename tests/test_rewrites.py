@@ -739,3 +739,40 @@ def test_onnx_stem_stays_float_unless_a_max_pool_follows(tmp_path: Path, pool: b
     onnx_exporter.export(net, torch.from_numpy(_calib()[:1]), tmp_path / "m.onnx")
     stems = onnx_int8.stem_convs(tmp_path / "m.onnx")
     assert len(stems) == (0 if pool else 1)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it symbolically."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y if float(y.sum()) > 0 else -y
+
+
+def test_batch_norms_fold_into_a_copy_for_the_converters() -> None:
+    """Every BN after a conv folded (a copy; the reference keeps its BNs); a BN with no conv of its
+    own stays; untraceable or training-mode modules come back as they are."""
+    from exporters.rewrites import batch_norms_folded
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(8))
+    for bn in (net[1], net[4]):  # statistics far from the identity, so a missed fold shows
+        bn.running_mean.uniform_(-2, 2)
+        bn.running_var.uniform_(0.1, 4)
+        bn.weight.data.uniform_(0.5, 2)
+    net.eval()
+    folded = batch_norms_folded(net)
+    norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 1 and sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
+    x = torch.from_numpy(_calib())
+    with torch.no_grad():
+        ref, got = net(x), folded(x)
+    # w * (gamma / sigma) and the shifted bias rounded once each: float32 rounding only.
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    branchy = _Branchy().eval()
+    assert batch_norms_folded(branchy) is branchy
+    assert batch_norms_folded(net.train()) is net
