@@ -201,9 +201,13 @@ def export(name: str, out_dir: str | None, formats: str, as_json: bool, **option
         "interpolation": options.pop("interpolation"),
         "color": "BGR" if options.pop("bgr") else None,
     }
+    from edgekit.allocator import keep_freed_memory
     from edgekit.lanes import default_jobs
 
-    options["jobs"] = options["jobs"] or default_jobs()  # a fresh process: safe to fork (edgekit.lanes)
+    # A fresh process, ours: safe to fork (edgekit.lanes), and its allocator ours to tune (the
+    # calibration passes' feature maps reused, not mapped again: edgekit.allocator).
+    options["jobs"] = options["jobs"] or default_jobs()
+    keep_freed_memory()
     manifest = pipeline.export(
         name, out_dir=out_dir, formats=_csv(formats), argv=sys.argv, preprocess=preprocess, **options
     )
@@ -409,9 +413,11 @@ def analyze(
     name: str, configs: str | None, runtimes: str | None, no_end_to_end: bool, as_json: bool, **options: Any
 ) -> None:
     """Why depthwise layers degrade in low precision: per-layer SQNR, and int8 on the real runtimes."""
+    from edgekit.allocator import keep_freed_memory
     from edgekit.report import tables
     from edgekit.studies import depthwise
 
+    keep_freed_memory()  # as export: calibration passes in a process of our own
     result = depthwise.analyze(
         name, configs=_csv(configs), runtimes=_csv(runtimes), end_to_end=not no_end_to_end, **options
     )

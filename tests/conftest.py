@@ -25,6 +25,12 @@ LONGEST_FIRST = (
 )  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from edgekit.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does: the exports the tests run in-process reuse freed memory
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
