@@ -5,8 +5,8 @@ back to the kernel, and trims the heap top above 128 KiB. The calibration passes
 16-image batch of feature maps (~13 MB per layer at 224 px) again and again; each one is then
 mapped, faulted in and zeroed page by page, and unmapped. With both thresholds raised, freed
 blocks stay in the heap and are reused. ``calibration.int8.prepare`` for MobileNetV3-large at
-224 px (128 crops, one thread, 2-core AMD EPYC): 15.4 -> 11 s, system time 7.3 -> 1.5 s, peak
-memory +4% (two runs each). Only the thresholds change, so every result is the same.
+224 px (128 crops, one thread, 2-core AMD EPYC, two runs each): 13.6-15.2 -> 8.7-11.1 s, system
+time ~7 -> 1.4 s, peak memory +~9%. Only the thresholds change, so every result is the same.
 
 ``edgekit export`` and ``edgekit analyze`` set it for their own process (forked lanes inherit
 it); the Python API leaves a caller's process as it is, and ``edgekit bench`` times the engines in
