@@ -44,6 +44,7 @@ MAX_RUNS = 100_000
 SEED = 0
 PROFILE_RUNS = 50
 OP_TIME_RUNS = 20  # profiled runs behind the int8-vs-float32 explanation
+OpTimes = dict[str, dict[str, float]]  # precision -> {op type or layer kind: ms per run}
 LOAD_WINDOW_S = 0.5  # /proc/stat counts in clock ticks (10 ms): shorter windows say nothing
 
 
@@ -623,9 +624,9 @@ def int8_vs_fp32(results: list[BenchRow], jobs: list[Job]) -> list[dict[str, Any
             row["off_fast_path"] = [{"op": s["op"], "count": s["count"]} for s in slow or []]
             row["why"] = _why_slower(runtime, slow or [], int8)
             if int8.target == "local":
-                row["op_ms"] = _op_times(jobs, runtime, threads)
+                row["op_ms"], row["kind_ms"] = _op_times(jobs, runtime, threads)
                 row["why"] += _off_path_share(row, int8.p50_ms - fp32.p50_ms)
-                row["why"] += _op_times_note(row["op_ms"], threads)
+                row["why"] += _op_times_note(row["op_ms"], threads) + _losing_kinds(row["kind_ms"])
         rows.append(row)
     return rows
 
@@ -637,12 +638,13 @@ def _explained(explain: Any) -> Any:
         return None
 
 
-def _op_times(jobs: list[Job], runtime: str, threads: int) -> dict[str, dict[str, float]] | None:
-    """Per-op-type ms (the engine's profiler) of the float32 and int8 files: where the time went."""
+def _op_times(jobs: list[Job], runtime: str, threads: int) -> tuple[OpTimes | None, OpTimes | None]:
+    """Per-op-type and per-layer-kind ms (the engine's profiler) of the float32 and int8 files:
+    where the time went."""
     from runtimes import get_runtime
 
     engine = get_runtime(runtime)
-    times = {}
+    by_op, by_kind = {}, {}
     for job in jobs:
         precision = str(job.fmt.precision)
         if job.runtime != runtime or precision not in ("fp32", "int8"):
@@ -654,8 +656,8 @@ def _op_times(jobs: list[Job], runtime: str, threads: int) -> dict[str, dict[str
             lambda j=job, p=precision, x=native: engine.profile(j.path, threads, x, OP_TIME_RUNS, p)
         )
         if prof and prof.get("by_op_ms"):
-            times[precision] = prof["by_op_ms"]
-    return times if len(times) == 2 else None
+            by_op[precision], by_kind[precision] = prof["by_op_ms"], prof.get("by_category_ms", {})
+    return (by_op, by_kind) if len(by_op) == 2 else (None, None)
 
 
 def _prepared(engine: Any, job: Job, threads: int) -> Any:
@@ -663,7 +665,7 @@ def _prepared(engine: Any, job: Job, threads: int) -> Any:
     return sess.prepare(bench_input(sess, job))
 
 
-def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> str:
+def _op_times_note(op_ms: OpTimes | None, threads: int) -> str:
     if not op_ms:
         return ""
     top = {p: ", ".join(f"{op} {ms:.2f}" for op, ms in list(ops.items())[:4]) for p, ops in op_ms.items()}
@@ -671,6 +673,22 @@ def _op_times_note(op_ms: dict[str, dict[str, float]] | None, threads: int) -> s
         f". Per-op ms (the engine's profiler, median of {OP_TIME_RUNS} runs, {threads} thread(s)): "
         f"int8 {top['int8']}; float32 {top['fp32']}"
     )
+
+
+def _losing_kinds(kind_ms: OpTimes | None) -> str:
+    """The layer kinds whose int8 kernels take longer than their float32 ones, largest loss first:
+    the measured answer to "which kernels make int8 slower here"."""
+    if not kind_ms:
+        return ""
+    int8, fp32 = kind_ms["int8"], kind_ms["fp32"]
+    lost = sorted(
+        ((kind, ms, fp32.get(kind, 0.0)) for kind, ms in int8.items() if ms > fp32.get(kind, 0.0)),
+        key=lambda k: k[2] - k[1],
+    )
+    if not lost:
+        return ""
+    shown = ", ".join(f"{kind} {ms:.2f} vs {ref:.2f}" for kind, ms, ref in lost)
+    return f". Layer kinds slower in int8 (ms, int8 vs float32): {shown}"
 
 
 def _off_path_share(row: dict[str, Any], gap_ms: float) -> str:

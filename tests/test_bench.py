@@ -163,6 +163,20 @@ def test_off_path_share_of_the_int8_gap():
     assert bench_mod._off_path_share({**row, "op_ms": None}, 1.26) == ""  # no profile: no share
 
 
+def test_losing_layer_kinds_named_largest_loss_first():
+    """The why of a slower int8 file names the layer kinds whose int8 kernels lose, by how much."""
+    kinds = {
+        "int8": {"conv": 3.8, "depthwise": 1.35, "pointwise": 0.25, "reshape/transpose": 0.6},
+        "fp32": {"conv": 4.26, "depthwise": 0.56, "pointwise": 0.14, "reshape/transpose": 0.5},
+    }
+    assert bench_mod._losing_kinds(kinds) == (
+        ". Layer kinds slower in int8 (ms, int8 vs float32): depthwise 1.35 vs 0.56, "
+        "pointwise 0.25 vs 0.14, reshape/transpose 0.60 vs 0.50"
+    )
+    assert bench_mod._losing_kinds({"int8": {"conv": 1.0}, "fp32": {"conv": 2.0}}) == ""
+    assert bench_mod._losing_kinds(None) == ""
+
+
 def test_host_load_is_measured(report):
     for r in report["results"]:
         # One thread of work: the process ran at most ~1 CPU-s per s plus the engine's helpers.
