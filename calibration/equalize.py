@@ -5,7 +5,8 @@ are set, and by ``edgekit analyze``); all work in place on a float PyTorch model
 
     fold_batchnorm(model) -> nn.Module
         Folds every BatchNorm2d that directly follows a Conv2d into the conv's weight and bias
-        and replaces the BN by nn.Identity. Exact up to float rounding.
+        and replaces the BN by nn.Identity. Exact up to float rounding. It is the float
+        converters' fold too, so it lives in ``exporters.rewrites``; imported here.
 
     cross_layer_equalize(model, relu6="clip", iterations=100, tol=1e-3) -> dict
         Nagel et al. 2019, "Data-Free Quantization" (https://arxiv.org/abs/1906.04721), section 4.1.
@@ -36,7 +37,6 @@ to nn.Sequential neighbours for BN folding and gets no equalisation pairs (the r
 
 from __future__ import annotations
 
-import itertools
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ from torch import nn
 from calibration.fakequant import grid_weight, quant_layers
 from calibration.grid import INT8_GRID, WeightGrid
 from edgekit.zoo.common import pad_same
+from exporters.rewrites import fold_batchnorm
 
 _SKIP = (nn.Identity, nn.Dropout)  # modules a pair may pass through unchanged (folded BN, dropout)
 # Zero padding commutes with per-channel scaling (pad(x / s) = pad(x) / s): a pair may pass it.
@@ -99,56 +100,6 @@ def _call_counts(graph: Any) -> dict[str, int]:
         if node.op == "call_module":
             counts[node.target] = counts.get(node.target, 0) + 1
     return counts
-
-
-# --- BN folding ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((bias - bn.running_mean) * factor + bn.bias)
-
-
-def _bn_pairs_fx(model: nn.Module, graph: Any) -> list[tuple[str, str]]:
-    counts = _call_counts(graph)
-    pairs = []
-    for node in graph.nodes:
-        if not isinstance(_module_of(model, node), nn.Conv2d):
-            continue
-        user = _only_user(node)
-        bn = _module_of(model, user) if user is not None else None
-        if isinstance(bn, nn.BatchNorm2d) and counts[user.target] == 1:
-            pairs.append((node.target, user.target))
-    return pairs
-
-
-def _bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
-    pairs = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (a_name, a), (b_name, b) in itertools.pairwise(children):
-            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
-                prefix = f"{name}." if name else ""
-                pairs.append((prefix + a_name, prefix + b_name))
-    return pairs
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold each BatchNorm2d into the Conv2d feeding it (and only it); BN becomes nn.Identity."""
-    graph = _trace(model)
-    pairs = _bn_pairs_fx(model, graph) if graph is not None else _bn_pairs_sequential(model)
-    for conv_name, bn_name in pairs:
-        bn = model.get_submodule(bn_name)
-        if bn.training or bn.running_var is None:
-            continue  # a BN that normalises with batch statistics is not a constant affine map
-        _fold_into(model.get_submodule(conv_name), bn)
-        _replace(model, bn_name, nn.Identity())
-    return model
 
 
 # --- cross-layer equalisation -------------------------------------------------------------------

@@ -76,8 +76,8 @@ def fp16_reference(model: Any) -> Any:
 
     import torch
 
-    from calibration.equalize import fold_batchnorm
     from calibration.fakequant import quant_layers
+    from exporters.rewrites import fold_batchnorm
 
     emulated = fold_batchnorm(copy.deepcopy(model).eval())
     with torch.no_grad():

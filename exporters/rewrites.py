@@ -1,8 +1,10 @@
-"""Module rewrites before conversion: BatchNorm folding for every float converter, and the
-activation rewrites that keep int8 models on the runtimes' integer fast paths.
+"""Module rewrites before conversion: BatchNorm folding for every converter, and the activation
+rewrites that keep int8 models on the runtimes' integer fast paths.
 
 Each converter folds an inference BatchNorm into the convolution before it anyway; folding it in
-PyTorch first (:func:`batch_norms_folded`) hands the converters' traces a third fewer nodes.
+PyTorch first (:func:`batch_norms_folded`) hands the converters' traces a third fewer nodes. The
+int8 step folds with the same code (:func:`fold_batchnorm`, in place), so that the weights it
+rounds and records are the ones the converters write.
 
 Hard-swish and hard-sigmoid have no int8 kernel in the runtimes we ship: LiteRT leaves an int8
 HARD_SWISH outside the XNNPACK delegate (each one splits the graph into another partition), and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -71,21 +74,77 @@ REWRITES: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def batch_norms_folded(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with each inference BatchNorm folded into the convolution (or linear
-    layer) feeding only it, by torch.fx's ``fuse``; ``model`` itself when there is none, or when it
-    cannot be traced symbolically (data-dependent control flow: the converter then folds them).
-    The traces are the export's cost: MobileNetV3-large at 224 px, 2-core AMD EPYC, litert-torch
-    25 -> 16 s and torch.onnx 7 -> 5 s, the same graph out (docs/export.md)."""
-    from torch.fx.experimental.optimization import fuse
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each inference BatchNorm2d into the Conv2d feeding only it, in place: the conv's weight
+    and bias absorb the affine map, the BN becomes nn.Identity, every module keeps its name (the
+    int8 step's per-weight records are keyed by them). Exact up to float32 rounding."""
+    for conv_name, bn_name in _foldable(model):
+        _fold_into(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        model.set_submodule(bn_name, nn.Identity())
+    return model
 
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    if model.training or not any(isinstance(m, norms) for m in model.modules()):
+
+def batch_norms_folded(model: nn.Module) -> nn.Module:
+    """:func:`fold_batchnorm` on a copy of ``model`` for the float converters; ``model`` itself when
+    it has no BatchNorm to fold (or is in training mode). The converters' traces are the export's
+    cost: MobileNetV3-large at 224 px, 2-core AMD EPYC, litert-torch 25 -> 16 s and torch.onnx
+    7 -> 5 s, the same graph out (docs/export.md)."""
+    if model.training or not _foldable(model):
         return model
+    return fold_batchnorm(copy.deepcopy(model))  # the caller's module (the reference) is left as it is
+
+
+def _foldable(model: nn.Module) -> list[tuple[str, str]]:
+    """The (conv, bn) pairs whose BN normalises with its running statistics: a constant affine map
+    (a BN in training mode, or without statistics, normalises with the batch's)."""
+    pairs = _conv_bn_pairs(model) if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) else []
+    return [
+        (conv, bn)
+        for conv, bn in pairs
+        if not model.get_submodule(bn).training and model.get_submodule(bn).running_var is not None
+    ]
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module names where the BN reads only that conv's output, each called once (a
+    shared module folded for one call would change the others); found by torch.fx, or between
+    neighbours in an nn.Sequential when fx cannot trace the model (data-dependent control flow)."""
+    import torch.fx
+
     try:
-        return fuse(model)  # a deep copy: the caller's module (the reference) is left as it is
-    except Exception:  # torch.fx cannot trace every module; unfolded is still a correct export
-        return model
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # torch.fx's errors for untraceable Python vary; the fallback still folds
+        return _sequential_conv_bn_pairs(model)
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        users = list(node.users)
+        if node.op != "call_module" or len(users) != 1 or users[0].op != "call_module":
+            continue
+        conv, bn = model.get_submodule(node.target), model.get_submodule(users[0].target)
+        once = calls[node.target] == calls[users[0].target] == 1
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and once:
+            pairs.append((node.target, users[0].target))
+    return pairs
+
+
+def _sequential_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            prefix = f"{name}." if name else ""
+            for (a_name, a), (b_name, b) in itertools.pairwise(module.named_children()):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    pairs.append((prefix + a_name, prefix + b_name))
+    return pairs
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * factor + bn.bias)
 
 
 def int8_friendly(model: nn.Module) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def test_constructed_case_depthwise_stands_out() -> None:
 
 
 def test_pretrained_mobilenet_v2_depthwise_gain() -> None:
-    from calibration.equalize import fold_batchnorm
+    from exporters.rewrites import fold_batchnorm
 
     try:
         model, _ = depthwise.load_model("mobilenet_v2", pretrained=True)

@@ -12,11 +12,11 @@ from calibration.equalize import (
     ChannelClamp,
     bias_correct,
     cross_layer_equalize,
-    fold_batchnorm,
     output_ranges,
 )
 from calibration.fakequant import fake_quantize_weights_, sqnr_db
 from calibration.grid import WeightGrid
+from exporters.rewrites import fold_batchnorm
 
 
 def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

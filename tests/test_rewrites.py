@@ -755,7 +755,8 @@ class _Branchy(nn.Module):
 
 def test_batch_norms_fold_into_a_copy_for_the_converters() -> None:
     """Every BN after a conv folded (a copy; the reference keeps its BNs); a BN with no conv of its
-    own stays; untraceable or training-mode modules come back as they are."""
+    own stays; an untraceable module folds its nn.Sequential neighbours only; a training-mode
+    module comes back as it is."""
     from exporters.rewrites import batch_norms_folded
 
     torch.manual_seed(0)
@@ -774,5 +775,8 @@ def test_batch_norms_fold_into_a_copy_for_the_converters() -> None:
     # w * (gamma / sigma) and the shifted bias rounded once each: float32 rounding only.
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
     branchy = _Branchy().eval()
-    assert batch_norms_folded(branchy) is branchy
+    assert batch_norms_folded(branchy) is branchy  # nothing fx or an nn.Sequential shows to fold
+    branchy.conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # neighbours: folded
+    folded = batch_norms_folded(branchy.eval())
+    assert isinstance(folded.conv[1], nn.Identity) and isinstance(branchy.conv[1], nn.BatchNorm2d)
     assert batch_norms_folded(net.train()) is net

@@ -210,7 +210,7 @@ def analyze(
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Per-layer analysis at ``bits`` and (``end_to_end``) the real int8 runtimes table."""
-    from calibration.equalize import fold_batchnorm
+    from exporters.rewrites import fold_batchnorm
 
     levels = 2 ** (bits - 1) - 1
     if bits not in (2, 3, 4, 5, 6, 7, 8):

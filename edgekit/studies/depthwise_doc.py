@@ -60,8 +60,8 @@ TARGETS = (
 
 def measure(part: str, data: str, limit: int | None, litert_configs: list[str]) -> dict[str, Any]:
     """The numbers of one part of the page (parts run as separate processes, cached as JSON)."""
-    from calibration.equalize import fold_batchnorm
     from edgekit.studies import depthwise
+    from exporters.rewrites import fold_batchnorm
 
     if part == "layers":
         main = depthwise.analyze(
