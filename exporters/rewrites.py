@@ -141,10 +141,12 @@ def _sequential_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    ones, zeros = torch.ones_like(bn.running_var), torch.zeros_like(bn.running_mean)
+    gamma, beta = (bn.weight, bn.bias) if bn.affine else (ones, zeros)  # affine=False: no weight, bias
+    factor = gamma / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else zeros
     conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((bias - bn.running_mean) * factor + bn.bias)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * factor + beta)
 
 
 def int8_friendly(model: nn.Module) -> dict[str, Any]:

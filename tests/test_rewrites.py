@@ -760,15 +760,19 @@ def test_batch_norms_fold_into_a_copy_for_the_converters() -> None:
     from exporters.rewrites import batch_norms_folded
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(8))
-    for bn in (net[1], net[4]):  # statistics far from the identity, so a missed fold shows
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(8),
+        nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8, affine=False),
+    )  # fmt: skip
+    for bn in (net[1], net[4], net[6]):  # statistics far from the identity, so a missed fold shows
         bn.running_mean.uniform_(-2, 2)
         bn.running_var.uniform_(0.1, 4)
-        bn.weight.data.uniform_(0.5, 2)
+        if bn.affine:
+            bn.weight.data.uniform_(0.5, 2)
     net.eval()
     folded = batch_norms_folded(net)
     norms = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(norms) == 1 and sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2
+    assert len(norms) == 1 and sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 3
     x = torch.from_numpy(_calib())
     with torch.no_grad():
         ref, got = net(x), folded(x)
