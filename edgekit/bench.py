@@ -656,7 +656,7 @@ def _op_times(jobs: list[Job], runtime: str, threads: int) -> tuple[OpTimes | No
             lambda j=job, p=precision, x=native: engine.profile(j.path, threads, x, OP_TIME_RUNS, p)
         )
         if prof and prof.get("by_op_ms"):
-            by_op[precision], by_kind[precision] = prof["by_op_ms"], prof.get("by_category_ms", {})
+            by_op[precision], by_kind[precision] = prof["by_op_ms"], prof.get("by_category_ms") or {}
     return (by_op, by_kind) if len(by_op) == 2 else (None, None)
 
 

@@ -175,6 +175,7 @@ def test_losing_layer_kinds_named_largest_loss_first():
     )
     assert bench_mod._losing_kinds({"int8": {"conv": 1.0}, "fp32": {"conv": 2.0}}) == ""
     assert bench_mod._losing_kinds(None) == ""
+    assert bench_mod._losing_kinds({"int8": {}, "fp32": {}}) == ""  # an engine without categories
 
 
 def test_host_load_is_measured(report):
