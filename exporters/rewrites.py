@@ -78,10 +78,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold each inference BatchNorm2d into the Conv2d feeding only it, in place: the conv's weight
     and bias absorb the affine map, the BN becomes nn.Identity, every module keeps its name (the
     int8 step's per-weight records are keyed by them). Exact up to float32 rounding."""
-    for conv_name, bn_name in _foldable(model):
-        _fold_into(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        model.set_submodule(bn_name, nn.Identity())
-    return model
+    return _fold_pairs(model, _foldable(model))
 
 
 def batch_norms_folded(model: nn.Module) -> nn.Module:
@@ -89,9 +86,16 @@ def batch_norms_folded(model: nn.Module) -> nn.Module:
     it has no BatchNorm to fold (or is in training mode). The converters' traces are the export's
     cost: MobileNetV3-large at 224 px, 2-core AMD EPYC, litert-torch 25 -> 16 s and torch.onnx
     7 -> 5 s, the same graph out (docs/export.md)."""
-    if model.training or not _foldable(model):
-        return model
-    return fold_batchnorm(copy.deepcopy(model))  # the caller's module (the reference) is left as it is
+    pairs = [] if model.training else _foldable(model)
+    # The copy keeps the names, so the pairs found on the caller's module (the reference) hold.
+    return _fold_pairs(copy.deepcopy(model), pairs) if pairs else model
+
+
+def _fold_pairs(model: nn.Module, pairs: list[tuple[str, str]]) -> nn.Module:
+    for conv_name, bn_name in pairs:
+        _fold_into(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        model.set_submodule(bn_name, nn.Identity())
+    return model
 
 
 def _foldable(model: nn.Module) -> list[tuple[str, str]]:
