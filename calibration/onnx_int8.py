@@ -33,6 +33,12 @@ from edgekit.formats import WriteRequest
 ORT_FATAL_ONLY = 4  # ONNX Runtime severity
 ONNX_GRID = WeightGrid(bits=8, per_channel=True, pair_limit=PAIR_LIMIT)
 QUANTIZER = "onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid"
+ProbeRun = Callable[[np.ndarray], dict[str, np.ndarray]]  # images -> every float tensor by name
+# The probe's output arrays are new on every call; glibc mmaps large ones and unmaps them when
+# freed, so their pages fault in afresh each call. On the 2-core EPYC VM, MobileNetV3-large at
+# 224 px (128 images, 1 thread): 16 images a call (51 MB arrays) 21-22 s, 9 s of it in the kernel;
+# 5 a call (16 MiB) 12 s, 0.6-0.9 s in the kernel.
+ARRAY_CEILING = 16 << 20
 
 
 def weight_grid(per_channel: bool) -> WeightGrid:
@@ -164,9 +170,9 @@ def activation_ranges(
 ) -> dict[str, tuple[float, float]]:
     """Per-tensor [lo, hi] of the graph input and every float node output over ``tensors`` (NCHW).
 
-    One ONNX Runtime pass, ``batch`` images a call when the graph computes each image of a batch
-    as it computes it alone (else one a call); the graph outputs keep their maximum (see
-    :func:`collect_ranges`).
+    One ONNX Runtime pass, up to ``batch`` images a call when the graph computes each image of a
+    batch as it computes it alone (else one a call; see :func:`_images_per_call`); the graph
+    outputs keep their maximum (see :func:`collect_ranges`).
     """
     import onnx
 
@@ -177,12 +183,21 @@ def activation_ranges(
         outs = session.run(names, {input_name: x})
         return {input_name: x, **dict(zip(names, outs, strict=True))}
 
-    step = batch if _batches_images(run, tensors[:2]) else 1
+    step = _images_per_call(run, tensors, batch)
     batches = (tensors[i : i + step] for i in range(0, len(tensors), step))
     return collect_ranges(run, batches, method, symmetric, outputs)
 
 
-def _batches_images(run: Callable[[np.ndarray], dict[str, np.ndarray]], pair: np.ndarray) -> bool:
+def _images_per_call(run: ProbeRun, tensors: np.ndarray, batch: int) -> int:
+    """Up to ``batch`` images a call, as many as keep a call's largest tensor within
+    :data:`ARRAY_CEILING`; one when the graph cannot batch (:func:`_batches_images`)."""
+    if not _batches_images(run, tensors[:2]):
+        return 1
+    largest = max(value.nbytes for value in run(tensors[:1]).values())
+    return max(1, min(batch, ARRAY_CEILING // largest))
+
+
+def _batches_images(run: ProbeRun, pair: np.ndarray) -> bool:
     """Whether every tensor of a two-image call is the two one-image calls' tensors stacked (a
     reshape that spells out a batch of 1 fails or mixes the images: then one image a call)."""
     if len(pair) < 2:
