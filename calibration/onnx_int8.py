@@ -34,11 +34,11 @@ ORT_FATAL_ONLY = 4  # ONNX Runtime severity
 ONNX_GRID = WeightGrid(bits=8, per_channel=True, pair_limit=PAIR_LIMIT)
 QUANTIZER = "onnxruntime quantize_static (QDQ) with edgekit ranges and weight grid"
 ProbeRun = Callable[[np.ndarray], dict[str, np.ndarray]]  # images -> every float tensor by name
-# The probe's output arrays are new on every call; glibc mmaps large ones and unmaps them when
-# freed, so their pages fault in afresh each call. On the 2-core EPYC VM, MobileNetV3-large at
-# 224 px (128 images, 1 thread): 16 images a call (51 MB arrays) 21-22 s, 9 s of it in the kernel;
-# 5 a call (16 MiB) 12 s, 0.6-0.9 s in the kernel.
-ARRAY_CEILING = 16 << 20
+# A probe call holds every tensor of the graph at once: at 16 images MobileNetV3-large's come to
+# 690 MB at 224 px, and memory a process touches first costs kernel time on a VM (clearing and
+# backing each page). `edgekit export mobilenet_v3 --int8` on the 2-core EPYC, 3 pairs in turn:
+# 16 a call -> at most 224 MiB a call (5 images), peak 2.11 -> 1.35 GB, system time 25 -> 16 s.
+PROBE_MEMORY = 224 << 20
 
 
 def weight_grid(per_channel: bool) -> WeightGrid:
@@ -189,12 +189,12 @@ def activation_ranges(
 
 
 def _images_per_call(run: ProbeRun, tensors: np.ndarray, batch: int) -> int:
-    """Up to ``batch`` images a call, as many as keep a call's largest tensor within
-    :data:`ARRAY_CEILING`; one when the graph cannot batch (:func:`_batches_images`)."""
+    """Up to ``batch`` images a call, as many as keep a call's tensors within
+    :data:`PROBE_MEMORY`; one when the graph cannot batch (:func:`_batches_images`)."""
     if not _batches_images(run, tensors[:2]):
         return 1
-    largest = max(value.nbytes for value in run(tensors[:1]).values())
-    return max(1, min(batch, ARRAY_CEILING // largest))
+    per_image = sum(value.nbytes for value in run(tensors[:1]).values())
+    return max(1, min(batch, PROBE_MEMORY // per_image))
 
 
 def _batches_images(run: ProbeRun, pair: np.ndarray) -> bool:

@@ -226,14 +226,14 @@ def test_probe_batches_images_only_where_the_graph_computes_each_alone(tmp_path,
     assert "onnxruntime" not in capfd.readouterr().err
 
 
-def test_probe_calls_keep_their_largest_tensor_under_the_ceiling(monkeypatch):
-    """Images a call = the ceiling over one image's largest tensor, at most ``batch``, at least 1."""
+def test_probe_calls_keep_their_tensors_within_the_memory_budget(monkeypatch):
+    """Images a call = the budget over one image's tensors together, at most ``batch``, at least 1."""
     from calibration import onnx_int8
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return {"input": x, "wide": np.repeat(x, 4, axis=1)}  # 4 KiB an image: the largest
+        return {"input": x, "wide": np.repeat(x, 4, axis=1)}  # 1 + 4 KiB an image
 
     tensors = np.zeros((6, 256), np.float32)
-    for ceiling, images in [(10 * 1024, 2), (1024, 1), (1 << 30, 16)]:
-        monkeypatch.setattr(onnx_int8, "ARRAY_CEILING", ceiling)
+    for budget, images in [(11 * 1024, 2), (1024, 1), (1 << 30, 16)]:
+        monkeypatch.setattr(onnx_int8, "PROBE_MEMORY", budget)
         assert onnx_int8._images_per_call(run, tensors, 16) == images
