@@ -128,7 +128,7 @@ _BUILTIN = (
         ("onnxruntime", "openvino"),
         ("onnx", "onnxslim"),
         dynamic_batch=True,
-        cost=7,
+        cost=2,
     ),
     Format(
         "tflite-fp32",
@@ -140,7 +140,7 @@ _BUILTIN = (
         ("litert",),
         ("litert_torch", "ai_edge_litert"),
         lane="litert",
-        cost=20,
+        cost=22,
     ),
     Format(
         "tflite-fp16",
@@ -204,7 +204,7 @@ _BUILTIN = (
         ("onnx", "onnxruntime"),
         source="onnx-fp32",
         grid="calibration.onnx_int8:weight_grid",
-        cost=48,
+        cost=28,
     ),
     Format(
         "tflite-int8",
@@ -218,7 +218,7 @@ _BUILTIN = (
         baseline="tflite-fp32",  # quantised from the network (PT2E), not from the float file
         grid="calibration.tflite_int8:weight_grid",
         lane="litert-int8",
-        cost=62,
+        cost=59,
     ),
     Format(
         "executorch-int8",

@@ -140,12 +140,13 @@ def verify_file(
 ) -> dict[str, Any]:
     """Figures per input set, the gate applied, and whether it passed (gates from ``GATES``).
 
-    The file runs in its format's engine (``runtimes.run_file``). ``references`` are what the file
-    should compute (for fp16: :func:`fp16_reference`'s logits); ``float_references``, when given,
-    are the float32 model's: their figures go to ``vs_float32``, ungated (what the precision costs)."""
-    from runtimes import run_file
+    The file runs in its format's engine, loaded once (``runtimes.run_batches``). ``references``
+    are what the file should compute (for fp16: :func:`fp16_reference`'s logits);
+    ``float_references``, when given, are the float32 model's: their figures go to
+    ``vs_float32``, ungated (what the precision costs)."""
+    from runtimes import run_batches
 
-    outputs = {kind: run_file(path, batch, fmt.layout, fmt.engine) for kind, batch in inputs.items()}
+    outputs = run_batches(path, inputs, fmt.layout, fmt.engine)
     figures = {kind: compare(references[kind], out) for kind, out in outputs.items()}
     gate = GATES.get(fmt.precision, {})
     failures = [f"{kind} {msg}" for kind, fig in figures.items() for msg in _failures(fig, gate)]

@@ -85,11 +85,11 @@ def test_lanes_split_the_formats_across_processes() -> None:
 
     default = formats.resolve(["onnx", "tflite"], int8=True)
     assert names(default, 1) == [[f.name for f in default]]
-    # Two cores: the TFLite int8 file (a calibration + litert-torch) beside all the others but
-    # model.pt2, which nothing reads: it goes to the lane with less work (by the registry's cost).
+    # Two cores: the TFLite int8 file (a calibration + litert-torch) beside all the others;
+    # model.pt2, which nothing reads, goes to the lane with less work (by the registry's cost).
     assert names(default, 2) == [
-        ["onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8"],
-        ["torch", "tflite-int8"],
+        ["torch", "onnx-fp32", "tflite-fp32", "tflite-fp16", "onnx-int8"],
+        ["tflite-int8"],
     ]
     assert names(default, 3)[1:] == [["torch", "tflite-fp32", "tflite-fp16"], ["tflite-int8"]]
     chosen = formats.resolve(["onnx", "tflite", "executorch", "ncnn"], int8=True)
