@@ -1,14 +1,20 @@
-"""PyTorch -> ONNX: torch.onnx's dynamo exporter, onnxslim, then the strict checker.
+"""PyTorch -> ONNX: torch.onnx's TorchScript or dynamo exporter, onnxslim, the strict checker.
 
 One self-contained file (weights inside, no external data), input ``input`` (NCHW), output
 ``logits``, opset 20. The batch dimension is static (1) unless ``dynamic_batch``.
 
-Two routes, the first that works is recorded in ``info["exporter"]``: the TorchScript exporter,
-then the dynamo exporter. After onnxslim both write the same operators for every zoo network but
-two (a Flatten for dynamo's Reshape before the classifier; ShuffleNetV2's channel split as two
-Slices for one Split: ONNX Runtime quantises both on the int8 codes), and TorchScript takes 4-9x
-less time (MobileNetV3-large at 224 px with onnxslim and the checker: 1.3 vs 5.0 s; CondenseNet
-3.0 vs 18 s; 2-core AMD EPYC). torch deprecates it since 2.9: where it fails or is gone, dynamo runs.
+Two routes, tried in order; the first whose simplified, checked file computes what the module
+computes on the example input (ONNX Runtime, the fp32 gate of :mod:`edgekit.verify`) is written
+and named in ``info["exporter"]``, the route before it failing in ``info["fallback_reason"]``:
+
+- the TorchScript exporter: after onnxslim it writes the same operators as the dynamo exporter
+  for the zoo (but a Flatten for a Reshape before the classifier, and ShuffleNetV2's channel split
+  as two Slices for one Split: ONNX Runtime quantises both on the int8 codes) in 4-9x less time
+  (MobileNetV3-large at 224 px with onnxslim and the checker: 1.3 vs 5.0 s; CondenseNet 3.0 vs
+  18 s; 2-core AMD EPYC). torch deprecates it since 2.9. Its shape arithmetic (EfficientNet-Lite's
+  "SAME" pads, computed in Python) comes out as Shape/Slice/Concat nodes, which onnxslim 0.1.98
+  folds wrongly (logits 0.6 of their scale off): that is what the check is for;
+- the dynamo exporter (``torch.export``), which spells such pads as constants.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.console import captured_output
+from edgekit.errors import ExportError
 from edgekit.formats import WriteRequest
 from exporters import conversion_error
 
@@ -38,10 +45,11 @@ def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bo
     from exporters.rewrites import batch_norms_folded
 
     with captured_output() as log:
-        proto, route, error = _convert(batch_norms_folded(module), example_input, dynamic_batch)
+        proto, route, errors = _convert(batch_norms_folded(module), example_input, dynamic_batch)
     if proto is None:
-        raise conversion_error("onnx", error, log[0]) from error
-    proto = _simplify_and_check(proto)
+        if isinstance(errors[-1], ExportError):  # the checker's or the outputs' verdict
+            raise errors[-1]
+        raise conversion_error("onnx", errors[-1], log[0]) from errors[-1]
     pools = global_average_pools(proto)
     onnx.save(proto, out_path, save_as_external_data=False)
     info = {
@@ -51,21 +59,46 @@ def export(module: Any, example_input: Any, out_path: Path, *, dynamic_batch: bo
         **io_details(proto),
         "ops": op_histogram(proto),
     }
-    if error is not None:
-        info["fallback_reason"] = str(error).strip().splitlines()[0][:300]
+    if errors:
+        info["fallback_reason"] = str(errors[0]).strip().splitlines()[0][:300]
     return info
 
 
-def _convert(module: Any, example_input: Any, dynamic_batch: bool) -> tuple[Any, str, Exception | None]:
-    """(proto, route, the first route's error if it failed); proto is None if both failed."""
-    try:
-        return _to_onnx_torchscript(module, example_input, dynamic_batch), "torchscript", None
-    except Exception as exc:  # the TorchScript tracer cannot take every model; dynamo may
-        first_error = exc
-    try:
-        return _to_onnx(module, example_input, dynamic_batch), "dynamo", first_error
-    except Exception as exc:
-        return None, "", exc  # dynamo's message names the op more precisely
+def _convert(module: Any, example_input: Any, dynamic_batch: bool) -> tuple[Any, str, list[Exception]]:
+    """(proto, route, the errors of the routes before it); proto is None, route "" if all failed."""
+    import torch
+
+    with torch.no_grad():
+        reference = module(example_input).numpy()
+    errors: list[Exception] = []
+    for route, convert in _ROUTES:
+        try:
+            proto = _simplify_and_check(convert(module, example_input, dynamic_batch))
+            _check_outputs(proto, example_input.numpy(), reference, route)
+            return proto, route, errors
+        except Exception as exc:  # a tracer that cannot take the model, or a wrong file: next route
+            errors.append(exc)
+    return None, "", errors
+
+
+def _check_outputs(proto: Any, example: Any, reference: Any, route: str) -> None:
+    """The file's logits on the example input, in ONNX Runtime, within the fp32 gate of PyTorch's."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekit.verify import GATES
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    out = session.run(None, {INPUT_NAME: example})[0]
+    scale = max(float(np.abs(reference).max()), np.finfo(np.float32).tiny)
+    error = float(np.abs(out - reference).max()) / scale
+    if not error <= GATES["fp32"]["max_rel_err"]:  # NaN fails too
+        raise ExportError(
+            f"onnx ({route} exporter): the file's logits differ from PyTorch's by {error:.1e} of their scale",
+            "report the network with the `--debug` output; use --formats tflite meanwhile",
+        )
 
 
 def _to_onnx(module: Any, example_input: Any, dynamic_batch: bool) -> Any:
@@ -109,12 +142,13 @@ def _to_onnx_torchscript(module: Any, example_input: Any, dynamic_batch: bool) -
     return onnx.load_from_string(buffer.getvalue())
 
 
+_ROUTES = (("torchscript", _to_onnx_torchscript), ("dynamo", _to_onnx))
+
+
 def _simplify_and_check(proto: Any) -> Any:
     """onnxslim folds constants and fuses; the checker and strict shape inference must pass."""
     import onnx
     import onnxslim
-
-    from edgekit.errors import ExportError
 
     with captured_output():
         slim = onnxslim.slim(proto)

@@ -264,6 +264,50 @@ def test_converter_failure_names_the_op(tmp_path: Path) -> None:
         tflite.export(ErfInv(), torch.zeros(1, 3, 32, 32), tmp_path / "m.tflite")
 
 
+def test_onnx_route_whose_file_computes_wrongly_gives_way(tmp_path: Path, monkeypatch) -> None:
+    """A route whose file passes the checker but computes something else (onnxslim 0.1.98 folds the
+    TorchScript exporter's "SAME" pad arithmetic of EfficientNet-Lite wrongly) is not written: the
+    next route is, and the reason is recorded; with no route left, the error names the mismatch."""
+    import copy
+
+    import torch
+
+    from edgekit.errors import ExportError
+    from exporters import onnx as onnx_exporter
+
+    def negated(module: torch.nn.Module, example: torch.Tensor, dynamic: bool):
+        other = copy.deepcopy(module)
+        conv = next(m for m in other.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            conv.weight.neg_()
+        return onnx_exporter._to_onnx_torchscript(other, example, dynamic)
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    example = torch.randn(1, 3, 16, 16)
+    routes = (("torchscript", negated), ("dynamo", onnx_exporter._to_onnx))
+    monkeypatch.setattr(onnx_exporter, "_ROUTES", routes)
+    info = onnx_exporter.export(net.eval(), example, tmp_path / "m.onnx")
+    assert info["exporter"] == "dynamo"
+    assert info["fallback_reason"].startswith("onnx (torchscript exporter): the file's logits differ")
+    monkeypatch.setattr(onnx_exporter, "_ROUTES", (("torchscript", negated),))
+    with pytest.raises(ExportError, match=r"logits differ from PyTorch's by \d\.\de[+-]\d\d of their scale"):
+        onnx_exporter.export(net.eval(), example, tmp_path / "n.onnx")
+    assert not (tmp_path / "n.onnx").exists()
+
+
+def test_efficientnet_lite_same_pads_export_to_onnx(tmp_path: Path) -> None:
+    """EfficientNet-Lite's "SAME" pads are computed in Python from the input's shape; the TorchScript
+    route's file computed something else after onnxslim, so the dynamo route's file is written."""
+    pipeline.export(
+        "efficientnet_lite0", out_dir=tmp_path / "e", formats=["onnx"], width=0.5, resolution=64
+    )
+    entry = manifest_json(tmp_path / "e")["files"]["onnx-fp32"]
+    assert entry["verification"]["passed"], entry["verification"]["failures"]
+    assert entry["verification"]["images"]["max_rel_err"] < 1e-4
+    if entry["exporter"] == "dynamo":
+        assert "logits differ from PyTorch's" in entry["fallback_reason"]
+
+
 def test_quant_options_need_int8() -> None:
     with pytest.raises(UsageError, match="int8 options without --int8: --calib-method"):
         pipeline.export("mobilenet_v2", calib_method="mse")
