@@ -9,8 +9,8 @@ processes: the lanes that write an int8 file (a calibration and an int8 conversi
 keep their process first, the others join the main lane. A format that nothing else reads and
 whose registry lane is ``any`` (``model.pt2``) then fills the lane with the least work, by the
 registry's ``cost`` (seconds measured per format). So on two cores the TFLite int8 file (its
-calibration and litert-torch, ~50-65 s for MobileNetV3 at 224 px) and ``model.pt2`` are written
-beside every other file.
+calibration and litert-torch, ~60 s for MobileNetV3 at 224 px) is written beside every other
+file, ``model.pt2`` with those (~54 s).
 """
 
 from __future__ import annotations
