@@ -109,13 +109,9 @@ def apply_remedies(
     asked = config.remedies()
     if not any(asked.values()) and config.weight_bits == 8:
         return dict.fromkeys(grids, model), []
-    import torch
+    from calibration import equalize, layout
 
-    from calibration import equalize
-
-    # Channels-last weights: oneDNN's convolutions run the calibration passes ~1.5x faster
-    # (MobileNetV3-large, 16 images at 224 px, 1 thread); the files get contiguous weights back.
-    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    model = layout.for_passes(copy.deepcopy(model).eval())
     remedies = []
     batches = [tensors[i : i + 16] for i in range(0, len(tensors), 16)]
     if asked["equalize"]:
@@ -134,7 +130,7 @@ def apply_remedies(
             copy.deepcopy(model) if len(by_grid) > 1 else model, batches, asked, grid
         )
         remedies += [{**r, "formats": keys} for r in done]
-        models.update(dict.fromkeys(keys, rounded_model.to(memory_format=torch.contiguous_format)))
+        models.update(dict.fromkeys(keys, layout.for_export(rounded_model)))
     return models, remedies
 
 

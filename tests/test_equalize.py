@@ -212,3 +212,26 @@ def test_streams_skip_what_is_not_linear() -> None:
     report = equalize_streams(model, [torch.randn(4, 3, 16, 16)])
     assert report["streams"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_remedies_run_channels_last_and_hand_back_contiguous_weights() -> None:
+    """The remedies' passes run on channels-last weights (calibration.layout); the exporters get
+    contiguous ones back, and a network with a 5-D weight, which that layout cannot hold, as is."""
+    import numpy as np
+
+    from calibration import layout
+    from calibration.config import QuantConfig
+    from calibration.grid import INT8_GRID
+    from calibration.int8 import apply_remedies
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    assert layout.for_passes(copy.deepcopy(model))[0].weight.is_contiguous(memory_format=torch.channels_last)
+    tensors = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    models, remedies = apply_remedies(model, tensors, QuantConfig(), {"onnx-int8": INT8_GRID})
+    assert {r["name"] for r in remedies} == {"equalize_streams", "bias_correct"}
+    remedied = models["onnx-int8"]
+    assert all(p.is_contiguous() for p in remedied.parameters())
+    assert not remedied[0].weight.is_contiguous(memory_format=torch.channels_last)
+    volumetric = nn.Sequential(nn.Conv3d(1, 2, 3), nn.Conv2d(2, 2, 3))
+    assert layout.for_passes(volumetric) is volumetric
+    assert volumetric[0].weight.is_contiguous() and volumetric[1].weight.is_contiguous()
