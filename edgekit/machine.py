@@ -77,6 +77,11 @@ def int8_path(machine: dict[str, Any]) -> str:
     return path.value if path else "unknown"
 
 
+def label(machine: dict[str, Any]) -> str:
+    """CPU name and int8 path: a VM often shows only "AMD EPYC", and its int8 figures are its kernels'."""
+    return f"{machine.get('cpu', 'unknown')} (int8: {machine.get('int8_path') or int8_path(machine)})"
+
+
 PACKAGES = (
     "numpy",
     "torch",

@@ -298,9 +298,7 @@ def test_onnx_route_whose_file_computes_wrongly_gives_way(tmp_path: Path, monkey
 def test_efficientnet_lite_same_pads_export_to_onnx(tmp_path: Path) -> None:
     """EfficientNet-Lite's "SAME" pads are computed in Python from the input's shape; the TorchScript
     route's file computed something else after onnxslim, so the dynamo route's file is written."""
-    pipeline.export(
-        "efficientnet_lite0", out_dir=tmp_path / "e", formats=["onnx"], width=0.5, resolution=64
-    )
+    pipeline.export("efficientnet_lite0", out_dir=tmp_path / "e", formats=["onnx"], width=0.5, resolution=64)
     entry = manifest_json(tmp_path / "e")["files"]["onnx-fp32"]
     assert entry["verification"]["passed"], entry["verification"]["failures"]
     assert entry["verification"]["images"]["max_rel_err"] < 1e-4

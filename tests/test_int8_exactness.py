@@ -22,7 +22,7 @@ from conftest import manifest_json
 
 from calibration.grid import PAIR_LIMIT, WeightGrid, max_pair_sums, pair_safe_levels, reads_pairs
 from calibration.onnx_check import layer_check, output_step, pair_report
-from edgekit.machine import Int8Path, cpu_features
+from edgekit.machine import Int8Path, cpu_features, label
 
 RESOLUTION = 64
 needs_qemu_x86 = pytest.mark.skipif(
@@ -85,6 +85,14 @@ def test_int8_path_from_real_cpu_flags() -> None:
     assert Int8Path.from_features("aarch64", ["fp", "asimd", "asimddp"]) is Int8Path.ARM_DOT
     assert Int8Path.from_features("aarch64", ["fp", "asimd"]) is Int8Path.ARM_NEON
     assert Int8Path.X86_AVX2.saturates_pairs and not Int8Path.X86_VNNI.saturates_pairs
+
+
+def test_cpu_label_tells_apart_cpus_a_vm_names_alike() -> None:
+    # Both EPYC kinds this suite has run on show /proc/cpuinfo's model name as just "AMD EPYC"
+    avx2_only = {"cpu": "AMD EPYC", "arch": "x86_64", "features": cpu_features({"flags": "avx avx2 fma"})}
+    with_vnni = {**avx2_only, "features": cpu_features({"flags": "avx avx2 avx512f avx512bw avx512_vnni"})}
+    assert label(avx2_only) == f"AMD EPYC (int8: {Int8Path.X86_AVX2.value})"
+    assert label(with_vnni) == f"AMD EPYC (int8: {Int8Path.X86_VNNI.value})"
 
 
 # --- real files ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgekit import machine
 from edgekit.manifest import Manifest
 
 # A log file or a pipe is not an 80-column terminal: lay tables out at their natural width.
@@ -243,7 +244,7 @@ def print_peers(result: dict[str, Any]) -> None:
         ]
         for r in result["rows"]
     ]
-    cpu = result["machine"]["cpu"]
+    cpu = machine.label(result["machine"])
     caption = f"ms per inference; ratio = edgekit p50 / peer p50; {result['method']}; {cpu}"
     render("edgekit bench --peers", cols, rows, caption)
     for r in result["rows"]:

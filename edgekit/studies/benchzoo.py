@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import bench
+from edgekit import bench, machine
 from edgekit.errors import EdgekitError
 from edgekit.manifest import write_json, write_text
 
@@ -165,25 +165,25 @@ def _bug(exc: Exception) -> str:
 
 def _gather(outcomes: list[dict[str, Any]]) -> tuple[Any, list, list, list, list]:
     """(machine, rows, int8-vs-fp32 rows, interleaved int8/fp32 rows, failures) of the models done so far."""
-    rows, compare, paired, failed, machine = [], [], [], [], None
+    rows, compare, paired, failed, host = [], [], [], [], None
     for outcome in outcomes:
         name = outcome["name"]
         if "error" in outcome:
             failed.append({"model": name, "error": outcome["error"]})
             continue
         result = outcome["result"]
-        machine = result["machine"]
+        host = result["machine"]
         compare += [{"model": name, **c} for c in result.get("int8_vs_fp32", [])]
         paired += [{"model": name, **c} for c in outcome.get("interleaved", [])]
         rows += [{"model": name, **r} for r in result["results"]]
-    return machine, rows, compare, paired, failed
+    return host, rows, compare, paired, failed
 
 
 def _write(
-    out: Path, machine: Any, rows: list, compare: list, paired: list, failed: list, scheduling: str
+    out: Path, host: Any, rows: list, compare: list, paired: list, failed: list, scheduling: str
 ) -> dict[str, Any]:
     summary = {
-        "machine": machine,
+        "machine": host,
         "method": {**bench.method(), "scheduling": scheduling},
         "results": rows,
         "int8_vs_fp32": compare,
@@ -278,7 +278,7 @@ def _host_line(summary: dict[str, Any]) -> list[str]:
     loads = [r["load_avg"] for r in summary["results"] if r.get("load_avg") is not None]
     if not summary.get("machine") or not loads:
         return []
-    cpu = summary["machine"]["cpu"]
+    cpu = machine.label(summary["machine"])
     return [f"Host: {cpu}, load average {min(loads):.2f}-{max(loads):.2f} before the rows.", ""]
 
 

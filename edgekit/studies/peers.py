@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgekit import machine
 from edgekit.manifest import write_json, write_text
 
 FAMILIES = ["onnx", "tflite"]
@@ -55,7 +56,7 @@ def render(results: dict[str, Any]) -> str:
     methods = []
     for name, runs in results.items():
         for run_ in runs:
-            methods.append(f"- {name}: {run_['method']}; {run_['machine']['cpu']}")
+            methods.append(f"- {name}: {run_['method']}; {machine.label(run_['machine'])}")
             for r in run_["rows"]:
                 lines.append(
                     f"| {name} | {r['runtime']} | {r['threads']} | {r['ours']} | {r['peer']} | "
