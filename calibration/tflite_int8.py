@@ -158,6 +158,10 @@ def quantize_tflite(
                         freeze_weight_observers(prepared)
             ranges = observed_ranges(prepared)
             converted = convert_pt2e(prepared, fold_quantize=False)
+            for node in converted.graph.nodes:
+                # Provenance only: litert-torch's re-export deep-copies each node's chain (from our
+                # export, prepare and convert) at every node, ~3 s here; the file is the same bytes.
+                node.meta.pop("from_node", None)
             lowering = QuantConfig(pt2e_quantizer=quantizer)
             with quiet_native():  # the converter's warnings and C++ log lines
                 litert_torch.convert(converted, sample, quant_config=lowering).export(str(dst))
