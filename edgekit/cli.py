@@ -6,10 +6,11 @@ Heavy libraries (torch, onnxruntime, litert) are imported inside the functions c
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -471,6 +472,15 @@ def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (docker stop, CI timeouts) cleans up like Ctrl-C
 
 
+def _exit_now(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown of the torch/TensorFlow/ORT module graph (~2 s
+    after an export): the atexit handlers (Ray's shutdown, finalizers) still run, streams flushed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
@@ -480,7 +490,7 @@ def main() -> None:
 
     try:
         with process_tempdir():
-            cli.main(standalone_mode=False)
+            code = cli.main(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted (nothing written; temporary files removed)", err=True)
         sys.exit(130)
@@ -501,6 +511,7 @@ def main() -> None:
             raise
         click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    _exit_now(code or 0)
 
 
 if __name__ == "__main__":

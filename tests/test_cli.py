@@ -38,6 +38,19 @@ def test_help_is_fast_and_does_not_import_torch() -> None:
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
 
+def test_success_exit_skips_teardown_but_runs_atexit_and_flushes() -> None:
+    # main() leaves with os._exit after a success: atexit handlers (Ray's shutdown, finalizers)
+    # must still run, and buffered output must reach a pipe
+    code = (
+        "import atexit, sys; atexit.register(lambda: print('atexit ran'));"
+        "sys.argv = ['edgekit', 'models', '--json']; from edgekit.cli import main; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    listing, tail = result.stdout.rsplit("]", 1)
+    assert json.loads(listing + "]") and tail.strip() == "atexit ran"
+
+
 def test_models_json() -> None:
     _zoo_complete()
     result = edgekit("models", "--json")
